@@ -1,0 +1,125 @@
+"""Geometry and augmentation shared by training, evaluation and inference.
+
+Every image is first *letterboxed*: resized so that its longer side equals the training size, then padded
+symmetrically to a square. The same function serves the dataset and the predictor, and
+:func:`unletterbox` maps the model's maps back onto the original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the model expects; stored in every checkpoint so inference repeats training exactly.
+
+    Attributes:
+        image_size: side of the square input, in pixels (divisible by 32).
+        mean: subtracted from the [0, 1] image.
+        std: the result is divided by it.
+    """
+
+    image_size: int = 256
+    mean: float = 0.5
+    std: float = 0.25
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the resized image sits inside the square: original size, resized size, top/left padding."""
+
+    height: int
+    width: int
+    resized_height: int
+    resized_width: int
+    top: int
+    left: int
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
+    """Geometry of resizing an H×W image so its longer side is ``size`` and centring it in a square."""
+    scale = size / max(height, width)
+    rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
+    return Letterbox(height, width, rh, rw, (size - rh) // 2, (size - rw) // 2)
+
+
+def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    shrinking = height < array.shape[0] or width < array.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(array, (width, height), interpolation=interpolation)
+
+
+def letterbox(array: np.ndarray, size: int, *, is_mask: bool = False) -> np.ndarray:
+    """Resize H×W ``array`` (image float32, or mask bool) into a ``size``×``size`` square, padding with 0.
+
+    Masks are resized as fractions and thresholded at 0.5, which keeps thin structures better than nearest
+    neighbour. Returns float32 (image) or bool (mask).
+    """
+    geo = letterbox_geometry(*array.shape[:2], size)
+    resized = _resize(array.astype(np.float32), geo.resized_height, geo.resized_width)
+    out = np.zeros((size, size), dtype=np.float32)
+    out[geo.top : geo.top + geo.resized_height, geo.left : geo.left + geo.resized_width] = resized
+    return out > 0.5 if is_mask else out
+
+
+def unletterbox(square: np.ndarray, geometry: Letterbox) -> np.ndarray:
+    """Undo :func:`letterbox` for a size×size float map: crop the padding, resize to the original H×W."""
+    g = geometry
+    crop = square[g.top : g.top + g.resized_height, g.left : g.left + g.resized_width].astype(np.float32)
+    return cv2.resize(crop, (g.width, g.height), interpolation=cv2.INTER_LINEAR)
+
+
+AUGMENT_PRESETS = ("none", "light", "default")
+
+
+def build_augmentation(preset: str = "default") -> A.Compose | None:
+    """Training augmentation applied jointly to the letterboxed image and its masks.
+
+    No horizontal flips: they swap the patient's left and right (heart side, severity per lung).
+
+    Args:
+        preset: ``"none"``, ``"light"`` (small geometry + intensity) or ``"default"`` (adds noise, blur and
+            stronger exposure changes, as radiographs vary between machines).
+    """
+    if preset == "none":
+        return None
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(AUGMENT_PRESETS)}")
+    strong = preset == "default"
+    transforms: list[A.BasicTransform] = [
+        A.Affine(
+            scale=(0.9, 1.1) if strong else (0.95, 1.05),
+            translate_percent=(-0.05, 0.05),
+            rotate=(-8, 8) if strong else (-4, 4),
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=0,
+            p=0.7,
+        ),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.2, p=0.7),
+        A.RandomGamma(gamma_limit=(80, 125), p=0.5),
+    ]
+    if strong:
+        transforms += [
+            A.GaussNoise(std_range=(0.005, 0.03), p=0.3),
+            A.GaussianBlur(blur_limit=(3, 3), p=0.15),
+        ]
+    return A.Compose(transforms)
+
+
+def augment(
+    transform: A.Compose | None, image: np.ndarray, masks: list[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Apply ``transform`` to a float32 H×W image in [0, 1] and its bool masks, keeping them aligned."""
+    if transform is None:
+        return image, masks
+    result = transform(image=image, masks=[m.astype(np.uint8) for m in masks])
+    return np.clip(result["image"], 0.0, 1.0).astype(np.float32), [m > 0 for m in result["masks"]]

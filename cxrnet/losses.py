@@ -1,0 +1,145 @@
+"""Losses. Every supervised term is masked by the batch's presence flags: a missing target is never faked.
+
+A term with no targets in the batch contributes an exact zero that is still connected to the graph (so DDP
+sees every parameter used), never NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrnet.models.cxrnet import CXRNetOutput
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "lung": 1.0,
+    "infection": 1.0,
+    "cls": 1.0,
+    "severity": 0.5,
+    "explanation_area": 0.05,
+    "explanation_smoothness": 0.05,
+    "deletion": 0.0,
+}
+
+
+def _zero_like(t: torch.Tensor) -> torch.Tensor:
+    return t.sum() * 0.0
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice (pooled over the present items) + pixel BCE, on the items whose mask is present.
+
+    Args:
+        logits: B×1×H×W.
+        target: B×1×H×W in {0, 1}.
+        present: B bool.
+        smooth: Dice smoothing; keeps an empty target with an empty prediction at zero loss.
+
+    Returns:
+        Scalar loss; zero (graph-connected) when no item has the mask.
+    """
+    if not bool(present.any()):
+        return _zero_like(logits)
+    logits, target = logits[present], target[present]
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits)
+    intersection = (prob * target).sum()
+    dice = (2 * intersection + smooth) / (prob.sum() + target.sum() + smooth)
+    return bce + (1 - dice)
+
+
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0, focal_gamma: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy (or focal loss when ``focal_gamma`` > 0) over items with a label (label >= 0)."""
+    present = labels >= 0
+    if not bool(present.any()):
+        return _zero_like(logits)
+    logits, labels = logits[present], labels[present]
+    if focal_gamma <= 0:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    log_p = F.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    return (-((1 - log_p.exp()) ** focal_gamma) * log_p).mean()
+
+
+def severity_loss(pred: torch.Tensor, target: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between predicted and reference scores, each divided by its scale; NaN targets are skipped."""
+    present = ~torch.isnan(target)
+    if not bool(present.any()):
+        return _zero_like(pred)
+    diff = (pred - torch.nan_to_num(target)) / scales
+    return F.smooth_l1_loss(diff[present], torch.zeros_like(diff[present]), beta=0.1)
+
+
+def total_variation(maps: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of B×1×H×W maps (a smoothness penalty)."""
+    dy = (maps[..., 1:, :] - maps[..., :-1, :]).abs().mean()
+    dx = (maps[..., :, 1:] - maps[..., :, :-1]).abs().mean()
+    return dx + dy
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of the task losses of :class:`~cxrnet.models.CXRNetOutput` against a batch.
+
+    Args:
+        weights: task weights by name (see ``DEFAULT_WEIGHTS``); missing names keep their default.
+        label_smoothing: for the classification cross-entropy.
+        focal_gamma: > 0 switches classification to focal loss.
+    """
+
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, label_smoothing: float = 0.0, focal_gamma: float = 0.0
+    ) -> None:
+        super().__init__()
+        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; valid: {sorted(DEFAULT_WEIGHTS)}")
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.label_smoothing = label_smoothing
+        self.focal_gamma = focal_gamma
+
+    def forward(
+        self,
+        out: CXRNetOutput,
+        batch: Mapping[str, torch.Tensor],
+        severity_scales: torch.Tensor | None = None,
+        deletion_logits: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-term losses and their weighted ``total``.
+
+        Args:
+            out: model output for the batch.
+            batch: collated samples (see ``cxrnet.data.dataset``).
+            severity_scales: K scales that make severity errors comparable across scores (default 1).
+            deletion_logits: class logits for the image with the explanation removed, when the deletion term
+                is on: the true class should become unlikely once its evidence is gone.
+
+        Returns:
+            dict of scalar tensors, one per term, plus ``total``.
+        """
+        terms = {
+            "lung": dice_bce_loss(out.lung_logits, batch["lung_mask"], batch["has_lung_mask"]),
+            "infection": dice_bce_loss(out.infection_logits, batch["infection_mask"], batch["has_infection_mask"]),
+            "cls": classification_loss(
+                out.class_logits, batch["label"], label_smoothing=self.label_smoothing, focal_gamma=self.focal_gamma
+            ),
+            "explanation_area": out.explanation.mean(),
+            "explanation_smoothness": total_variation(out.explanation),
+        }
+        if out.severity is not None:
+            if severity_scales is None:
+                severity_scales = torch.ones(out.severity.shape[1], device=out.severity.device)
+            terms["severity"] = severity_loss(out.severity, batch["severity"], severity_scales)
+        if deletion_logits is not None:
+            labels = batch["label"]
+            present = labels >= 0
+            if bool(present.any()):
+                p_true = F.softmax(deletion_logits[present], dim=1).gather(1, labels[present, None])
+                terms["deletion"] = p_true.mean()
+            else:
+                terms["deletion"] = _zero_like(deletion_logits)
+        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms

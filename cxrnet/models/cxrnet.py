@@ -1,0 +1,179 @@
+"""CXRNet: an Encoder-Decoder-Encoder network for chest X-rays (after CXR-Net, Zhang et al. 2021).
+
+Encoder 1 and the shared decoder produce three maps at input resolution: lung mask, infection map and the
+explanation map ``e``. Encoder 2 classifies the image *gated* by ``e`` (and optionally by the predicted lung
+fields), so the class decision can only use what ``e`` keeps: trained with the classification loss plus an
+area and a smoothness penalty on ``e``, the map becomes a small region sufficient for the decision, learned
+from class labels alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrnet.models.encoders import build_encoder, build_segmentation_model
+from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, soft_dilate
+
+MAP_NAMES = ("lung", "infection", "explanation")
+
+
+class CXRNetOutput(NamedTuple):
+    """Named model output (B = batch, C = classes, K = severity targets).
+
+    Attributes:
+        lung_logits: B×1×H×W lung-mask logits.
+        infection_logits: B×1×H×W infection-map logits.
+        explanation: B×1×H×W explanation map in [0, 1] (the gate encoder 2 saw, before lung gating).
+        class_logits: B×C class logits.
+        severity: B×K severity scores in their own units, or ``None`` without a severity head.
+    """
+
+    lung_logits: torch.Tensor
+    infection_logits: torch.Tensor
+    explanation: torch.Tensor
+    class_logits: torch.Tensor
+    severity: torch.Tensor | None = None
+
+
+class CXRNet(nn.Module):
+    """Multitask chest X-ray network: segmentation, explanation, classification and severity.
+
+    Args:
+        classes: class names, in logit order.
+        encoder: encoder 1 (see :func:`cxrnet.models.list_encoders`; timm models as ``tu-<name>``).
+        decoder: shared decoder architecture (``unet``, ``unetplusplus``, ``fpn``, ``deeplabv3plus``, ...).
+        classifier_encoder: encoder 2; defaults to the same name as ``encoder`` (separate weights).
+        pretrained: load ImageNet weights for both encoders (needs internet; off by default).
+        decoder_channels: decoder widths for U-Net-style decoders; ``None`` keeps smp's default.
+        severity_targets: names of the severity scores to regress (empty: no severity head).
+        severity_scales: maximum of each score, by name (e.g. ``{"brixia": 18}``); 1.0 when not given.
+        gate_with_lungs: encoder 2 only sees what lies inside the predicted, slightly dilated lung fields.
+        gate_fill: ``"zero"`` or ``"blur"``: what replaces the gated-out image.
+        lung_dilation: dilation of the lung gate as a fraction of the image width.
+        dropout: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        classes: list[str] | tuple[str, ...],
+        encoder: str = "resnet18",
+        decoder: str = "unet",
+        classifier_encoder: str | None = None,
+        pretrained: bool = False,
+        decoder_channels: list[int] | tuple[int, ...] | None = None,
+        severity_targets: list[str] | tuple[str, ...] = (),
+        severity_scales: dict[str, float] | None = None,
+        gate_with_lungs: bool = False,
+        gate_fill: str = "zero",
+        lung_dilation: float = 0.03,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes, got {list(classes)}")
+        severity_scales = dict(severity_scales or {})
+        self.config: dict[str, Any] = {
+            "classes": list(classes),
+            "encoder": encoder,
+            "decoder": decoder,
+            "classifier_encoder": classifier_encoder,
+            "pretrained": pretrained,
+            "decoder_channels": list(decoder_channels) if decoder_channels else None,
+            "severity_targets": list(severity_targets),
+            "severity_scales": {k: float(v) for k, v in severity_scales.items()},
+            "gate_with_lungs": gate_with_lungs,
+            "gate_fill": gate_fill,
+            "lung_dilation": lung_dilation,
+            "dropout": dropout,
+        }
+        self.classes = list(classes)
+        self.severity_targets = list(severity_targets)
+        self.gate_with_lungs = gate_with_lungs
+        self.gate_fill = gate_fill
+        self.lung_dilation = lung_dilation
+        apply_gate(torch.zeros(1), torch.zeros(1), gate_fill)  # fail now, not at the first batch
+
+        decoder_kwargs: dict[str, Any] = {}
+        if decoder_channels:
+            decoder_kwargs["decoder_channels"] = tuple(decoder_channels)
+        segmenter = build_segmentation_model(
+            encoder, decoder, len(MAP_NAMES), pretrained=pretrained, **decoder_kwargs
+        )
+        self.encoder = segmenter.encoder
+        self.decoder = segmenter.decoder
+        self.segmentation_head = segmenter.segmentation_head
+        self.output_stride = 2 ** len(self.encoder.out_channels[1:])
+
+        self.classifier_encoder = build_encoder(classifier_encoder or encoder, pretrained=pretrained)
+        features = self.classifier_encoder.out_channels[-1]
+        self.classification_head = ClassificationHead(features, len(classes), dropout)
+        self.severity_head = (
+            SeverityHead(features, [severity_scales.get(name, 1.0) for name in severity_targets])
+            if severity_targets
+            else None
+        )
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` with a fix when ``x`` is not B×1×H×W with H, W divisible by the output stride."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(
+                f"expected a B×1×H×W grayscale batch, got shape {tuple(x.shape)}; convert RGB to grayscale "
+                "and add batch and channel axes (x[None, None] for one H×W image)"
+            )
+        h, w = x.shape[-2:]
+        s = self.output_stride
+        if h % s or w % s:
+            raise ValueError(
+                f"image size {h}×{w} is not divisible by {s}; pad it to {-(-h // s) * s}×{-(-w // s) * s} "
+                f"(cxrnet.models.pad_to_multiple(x, {s})) or resize it"
+            )
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder 1 → decoder → B×3×H×W logits of (lung, infection, explanation)."""
+        return self.segmentation_head(self.decoder(self.encoder(x)))
+
+    def gate(self, x: torch.Tensor, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
+        """The image as encoder 2 sees it: gated by the explanation (and the dilated lung fields)."""
+        gate = explanation
+        if self.gate_with_lungs:
+            # Detached: the classifier must not be able to redraw the lungs to suit itself.
+            lungs = torch.sigmoid(lung_logits).detach()
+            gate = gate * soft_dilate(lungs, max(1, round(self.lung_dilation * x.shape[-1])))
+        return apply_gate(x, gate, self.gate_fill)
+
+    def forward_features(self, gated: torch.Tensor) -> torch.Tensor:
+        """Encoder 2 on a gated image: B×1×H×W → deepest feature map B×F×h×w."""
+        return self.classifier_encoder(gated)[-1]
+
+    def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits B×C and severity B×K (or ``None``) from encoder-2 features."""
+        severity = self.severity_head(features) if self.severity_head is not None else None
+        return self.classification_head(features), severity
+
+    def forward(self, x: torch.Tensor) -> CXRNetOutput:
+        """Run the whole network on a normalised B×1×H×W batch (H, W divisible by ``output_stride``)."""
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            self.check_input(x)
+        maps = self.segment(x)
+        lung_logits, infection_logits, explanation_logits = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
+        explanation = torch.sigmoid(explanation_logits)
+        class_logits, severity = self.forward_heads(
+            self.forward_features(self.gate(x, lung_logits, explanation))
+        )
+        return CXRNetOutput(lung_logits, infection_logits, explanation, class_logits, severity)
+
+
+def create_model(**config: Any) -> CXRNet:
+    """Build a :class:`CXRNet` from keyword arguments, e.g. ``create_model(**checkpoint_config)``."""
+    return CXRNet(**config)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 32, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad B×C×H×W on the bottom and right to the next multiple; returns the padded tensor and (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), value=value), (h, w)

@@ -1,0 +1,70 @@
+"""Small heads and the explanation gate of the Encoder-Decoder-Encoder network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ClassificationHead(nn.Module):
+    """Global average pooling → dropout → linear: B×C_in×h×w features to B×num_classes logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean(dim=(2, 3))
+        return self.fc(self.dropout(pooled))
+
+
+class SeverityHead(nn.Module):
+    """Regresses K severity scores from pooled features.
+
+    The network predicts each score divided by its scale (``scales``: the maximum of that score, e.g. 18 for
+    Brixia) so that targets of different ranges weigh alike; ``forward`` returns scores in their own units.
+    """
+
+    def __init__(self, in_channels: int, scales: list[float], hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(scales)))
+        self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32), persistent=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        unit = torch.sigmoid(self.mlp(features.mean(dim=(2, 3))))
+        return unit * self.scales
+
+
+def soft_dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grey-level dilation of a B×1×H×W map by a square of half-width ``pixels`` (max pooling)."""
+    if pixels <= 0:
+        return mask
+    return F.max_pool2d(mask, kernel_size=2 * pixels + 1, stride=1, padding=pixels)
+
+
+def blur(image: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Box blur of a B×C×H×W tensor; the background that replaces gated-out regions in ``gate_fill='blur'``."""
+    kernel = 2 * pixels + 1
+    return F.avg_pool2d(image, kernel_size=kernel, stride=1, padding=pixels, count_include_pad=False)
+
+
+def apply_gate(image: torch.Tensor, gate: torch.Tensor, fill: str = "zero", blur_pixels: int = 8) -> torch.Tensor:
+    """Show the classifier only what the gate keeps.
+
+    Args:
+        image: B×1×H×W normalised image.
+        gate: B×1×H×W in [0, 1].
+        fill: what replaces the removed part: ``"zero"`` (the dataset mean after normalisation) or ``"blur"``
+            (a heavily blurred copy, which keeps the removed part out of distribution less abruptly).
+        blur_pixels: half-width of the blur in pixels.
+
+    Returns:
+        B×1×H×W gated image.
+    """
+    if fill == "zero":
+        return image * gate
+    if fill == "blur":
+        return image * gate + blur(image, blur_pixels) * (1 - gate)
+    raise ValueError(f"unknown gate_fill {fill!r}; valid: 'zero', 'blur'")

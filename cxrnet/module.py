@@ -1,0 +1,128 @@
+"""``CXRNetModule``: the thin LightningModule around :class:`~cxrnet.models.CXRNet`.
+
+It holds the loss, the metrics and the optimisation plumbing; the network is built elsewhere and handed in.
+Checkpoints carry everything needed to rebuild the network without the original config files (see
+:mod:`cxrnet.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from cxrnet.checkpoint import CHECKPOINT_KEY, checkpoint_metadata
+from cxrnet.data.transforms import Preprocessing
+from cxrnet.losses import MultiTaskLoss
+from cxrnet.metrics import TaskMetrics
+from cxrnet.models.cxrnet import CXRNet, CXRNetOutput
+from cxrnet.models.heads import apply_gate
+
+STAGES = ("train", "val", "test")
+
+
+class CXRNetModule(pl.LightningModule):
+    """Trains a :class:`CXRNet` on batches of the ``Sample`` contract.
+
+    Args:
+        net: the network.
+        loss: the multitask loss (default weights when ``None``).
+        optimizer: partial taking ``params`` (e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``).
+        scheduler: partial taking ``optimizer`` (and ``total_steps`` when its signature has it, stepped per
+            batch then; otherwise stepped per epoch), or ``None``.
+        preprocessing: the input size and normalisation, stored in checkpoints.
+        extra_metadata: JSON-ready facts to store in checkpoints (resolved config, training data summary).
+    """
+
+    def __init__(
+        self,
+        net: CXRNet,
+        loss: MultiTaskLoss | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        preprocessing: Preprocessing | None = None,
+        extra_metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss or MultiTaskLoss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.preprocessing = preprocessing or Preprocessing()
+        self.extra_metadata = dict(extra_metadata or {})
+        # One metric set per stage (attributes, not a ModuleDict: "train" would shadow nn.Module.train).
+        for stage in STAGES:
+            setattr(self, f"{stage}_metrics", TaskMetrics(net.classes, net.severity_targets))
+
+    def stage_metrics(self, stage: str) -> TaskMetrics:
+        return getattr(self, f"{stage}_metrics")
+
+    def forward(self, x: torch.Tensor) -> CXRNetOutput:
+        return self.net(x)
+
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
+        out = self.net(batch["image"])
+        deletion_logits = None
+        if self.loss.weights["deletion"] > 0:
+            removed = apply_gate(batch["image"], 1 - out.explanation, self.net.gate_fill)
+            deletion_logits = self.net.forward_heads(self.net.forward_features(removed))[0]
+        scales = self.net.severity_head.scales if self.net.severity_head is not None else None
+        terms = self.loss(out, batch, severity_scales=scales, deletion_logits=deletion_logits)
+        batch_size = batch["image"].shape[0]
+        self.log_dict(
+            {f"{stage}/loss/{name}" if name != "total" else f"{stage}/loss": value.detach() for name, value in terms.items()},
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+            prog_bar=False,
+        )
+        self.stage_metrics(stage).update(out, batch)
+        return terms["total"]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> CXRNetOutput:
+        return self.net(batch["image"])
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self.stage_metrics(stage).compute(stage)
+        self.stage_metrics(stage).reset()
+        # torchmetrics has already synchronised the states across ranks.
+        headline = {f"{stage}/cls/macro_f1", f"{stage}/lung/dice", f"{stage}/infection/dice"}
+        for key, value in values.items():
+            self.log(key, value, sync_dist=False, prog_bar=key in headline)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4))
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        func = getattr(self.scheduler_factory, "func", self.scheduler_factory)
+        if "total_steps" in inspect.signature(func).parameters:
+            total = int(self.trainer.estimated_stepping_batches)
+            scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(self.net, self.preprocessing, self.extra_metadata)

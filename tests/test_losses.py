@@ -1,0 +1,85 @@
+"""Missing targets are masked, never faked; a task with no targets contributes an exact, finite zero."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cxrnet.losses import MultiTaskLoss, classification_loss, dice_bce_loss, severity_loss
+from cxrnet.models import CXRNetOutput
+
+
+def _batch(b: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "lung_mask": (torch.rand(b, 1, size, size, generator=g) > 0.5).float(),
+        "infection_mask": (torch.rand(b, 1, size, size, generator=g) > 0.8).float(),
+        "label": torch.tensor([0, 1, -1, 3][:b]),
+        "severity": torch.tensor([[1.0, 2.0], [float("nan"), 4.0], [float("nan")] * 2, [0.0, 0.0]][:b]),
+        "has_lung_mask": torch.tensor([True, False, True, False][:b]),
+        "has_infection_mask": torch.tensor([False, False, False, False][:b]),
+    }
+
+
+def _output(b: int = 4, size: int = 16, requires_grad: bool = True) -> CXRNetOutput:
+    g = torch.Generator().manual_seed(1)
+    t = lambda *shape: torch.randn(*shape, generator=g).requires_grad_(requires_grad)  # noqa: E731
+    return CXRNetOutput(t(b, 1, size, size), t(b, 1, size, size), torch.sigmoid(t(b, 1, size, size)), t(b, 4), t(b, 2))
+
+
+def test_absent_task_is_zero_and_still_connected() -> None:
+    out, batch = _output(), _batch()
+    terms = MultiTaskLoss()(out, batch)
+    assert float(terms["infection"]) == 0.0
+    assert all(math.isfinite(float(v)) for v in terms.values())
+    terms["total"].backward()
+    assert out.infection_logits.grad is not None  # graph-connected: DDP sees the parameters used
+    assert float(out.infection_logits.grad.abs().sum()) == 0.0
+
+
+def test_masked_terms_equal_the_loss_on_the_present_items_only() -> None:
+    out, batch = _output(requires_grad=False), _batch()
+    present = batch["has_lung_mask"]
+    expected = dice_bce_loss(out.lung_logits[present], batch["lung_mask"][present], torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(dice_bce_loss(out.lung_logits, batch["lung_mask"], present), expected)
+    labelled = batch["label"] >= 0
+    torch.testing.assert_close(
+        classification_loss(out.class_logits, batch["label"]),
+        torch.nn.functional.cross_entropy(out.class_logits[labelled], batch["label"][labelled]),
+    )
+    # Changing an absent item's target changes nothing.
+    batch2 = dict(batch, lung_mask=batch["lung_mask"].clone(), label=batch["label"].clone())
+    batch2["lung_mask"][1] = 1 - batch2["lung_mask"][1]
+    assert float(MultiTaskLoss()(out, batch2)["lung"]) == float(MultiTaskLoss()(out, batch)["lung"])
+
+
+def test_severity_skips_nan_and_no_labels_gives_zero() -> None:
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    target = torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")]])
+    assert float(severity_loss(pred, target, torch.ones(2))) == 0.0
+    assert float(severity_loss(pred, torch.full_like(pred, float("nan")), torch.ones(2))) == 0.0
+    assert float(classification_loss(torch.randn(3, 4), torch.full((3,), -1))) == 0.0
+
+
+def test_weights_are_config_and_unknown_names_fail() -> None:
+    out, batch = _output(requires_grad=False), _batch()
+    only_cls = MultiTaskLoss({name: 0.0 for name in ("lung", "infection", "severity", "explanation_area",
+                                                      "explanation_smoothness")})(out, batch)
+    torch.testing.assert_close(only_cls["total"], only_cls["cls"])
+    try:
+        MultiTaskLoss({"lungs": 1.0})
+    except ValueError as err:
+        assert "lungs" in str(err) and "infection" in str(err)
+    else:
+        raise AssertionError("unknown weight name accepted")
+
+
+def test_deletion_term_rewards_removing_the_evidence() -> None:
+    out, batch = _output(requires_grad=False), _batch()
+    confident = torch.zeros(4, 4)
+    confident[torch.arange(4), batch["label"].clamp(min=0)] = 10.0
+    uncertain = torch.zeros(4, 4)
+    loss = MultiTaskLoss({"deletion": 1.0})
+    assert float(loss(out, batch, deletion_logits=confident)["deletion"]) > 0.99
+    assert abs(float(loss(out, batch, deletion_logits=uncertain)["deletion"]) - 0.25) < 1e-6
