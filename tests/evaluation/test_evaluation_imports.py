@@ -1,0 +1,16 @@
+"""The evaluation core and the report writers stay free of scikit-learn and of pyplot's global state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_no_sklearn_and_no_pyplot_at_import():
+    code = (
+        "import sys, cxrnet.evaluation, cxrnet.report; "
+        "bad = [m for m in ('sklearn', 'matplotlib.pyplot') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
