@@ -58,7 +58,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refusing to load {path}: it contains objects other than tensors and plain containers, which "
             f"could run code when unpickled ({str(err).splitlines()[0]}). Only load checkpoints you trust."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as err:
+        # torch.load reports a file that is not a checkpoint at all in several ways (KeyError for text).
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(
@@ -98,3 +99,18 @@ def load_network(path: str | Path) -> tuple[CXRNet, dict[str, Any]]:
 def preprocessing_of(meta: dict[str, Any]) -> Preprocessing:
     """The :class:`Preprocessing` stored in checkpoint metadata."""
     return Preprocessing(**meta["preprocessing"])
+
+
+def save_checkpoint(
+    path: str | Path, net: CXRNet, preprocessing: Preprocessing, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write a minimal cxrnet checkpoint (weights + metadata) without Lightning.
+
+    ``load_network`` and ``cxrnet.load_model`` read it like a training checkpoint; it cannot resume
+    training (no optimiser state). Used to store a calibrated or otherwise modified network.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"net.{key}": value for key, value in net.state_dict().items()}
+    torch.save({"state_dict": state, CHECKPOINT_KEY: checkpoint_metadata(net, preprocessing, extra)}, path)
+    return path
