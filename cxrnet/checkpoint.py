@@ -26,7 +26,9 @@ class CheckpointError(ValueError):
     """The file is not a usable cxrnet checkpoint; the message names the file and the reason."""
 
 
-def checkpoint_metadata(net: CXRNet, preprocessing: Preprocessing, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def checkpoint_metadata(
+    net: CXRNet, preprocessing: Preprocessing, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``checkpoint["cxrnet"]`` entry for ``net``."""
     from cxrnet import __version__
 
@@ -68,14 +70,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     version = checkpoint[CHECKPOINT_KEY].get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version}; this cxrnet reads format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}; this cxrnet reads format {FORMAT_VERSION}"
+        )
     return checkpoint
 
 
 def network_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The network's weights out of a LightningModule state dict (keys ``net.*``)."""
     prefix = "net."
-    return {key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
+    return {
+        key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)
+    }
 
 
 def load_network(path: str | Path) -> tuple[CXRNet, dict[str, Any]]:

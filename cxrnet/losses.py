@@ -29,7 +29,9 @@ def _zero_like(t: torch.Tensor) -> torch.Tensor:
     return t.sum() * 0.0
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor, smooth: float = 1.0
+) -> torch.Tensor:
     """Soft Dice (pooled over the present items) + pixel BCE, on the items whose mask is present.
 
     Args:
@@ -91,7 +93,10 @@ class MultiTaskLoss(nn.Module):
     """
 
     def __init__(
-        self, weights: Mapping[str, float] | None = None, label_smoothing: float = 0.0, focal_gamma: float = 0.0
+        self,
+        weights: Mapping[str, float] | None = None,
+        label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
     ) -> None:
         super().__init__()
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
@@ -122,9 +127,14 @@ class MultiTaskLoss(nn.Module):
         """
         terms = {
             "lung": dice_bce_loss(out.lung_logits, batch["lung_mask"], batch["has_lung_mask"]),
-            "infection": dice_bce_loss(out.infection_logits, batch["infection_mask"], batch["has_infection_mask"]),
+            "infection": dice_bce_loss(
+                out.infection_logits, batch["infection_mask"], batch["has_infection_mask"]
+            ),
             "cls": classification_loss(
-                out.class_logits, batch["label"], label_smoothing=self.label_smoothing, focal_gamma=self.focal_gamma
+                out.class_logits,
+                batch["label"],
+                label_smoothing=self.label_smoothing,
+                focal_gamma=self.focal_gamma,
             ),
             "explanation_area": out.explanation.mean(),
             "explanation_smoothness": total_variation(out.explanation),

@@ -76,11 +76,15 @@ class TaskMetrics(nn.Module):
             present = batch[f"has_{key}"]
             self.counts[task].update(present.sum())
             if present.any():
-                self.tasks[task].update(torch.sigmoid(logits[present]).flatten(), batch[key][present].flatten().long())
+                self.tasks[task].update(
+                    torch.sigmoid(logits[present]).flatten(), batch[key][present].flatten().long()
+                )
         labelled = batch["label"] >= 0
         self.counts["cls"].update(labelled.sum())
         if labelled.any():
-            self.tasks["cls"].update(torch.softmax(out.class_logits[labelled].float(), dim=1), batch["label"][labelled])
+            self.tasks["cls"].update(
+                torch.softmax(out.class_logits[labelled].float(), dim=1), batch["label"][labelled]
+            )
         for k, name in enumerate(self.severity_targets):
             target = batch["severity"][:, k]
             present = ~torch.isnan(target)

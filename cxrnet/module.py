@@ -73,7 +73,10 @@ class CXRNetModule(pl.LightningModule):
         terms = self.loss(out, batch, severity_scales=scales, deletion_logits=deletion_logits)
         batch_size = batch["image"].shape[0]
         self.log_dict(
-            {f"{stage}/loss/{name}" if name != "total" else f"{stage}/loss": value.detach() for name, value in terms.items()},
+            {
+                f"{stage}/loss/{name}" if name != "total" else f"{stage}/loss": value.detach()
+                for name, value in terms.items()
+            },
             on_step=stage == "train",
             on_epoch=True,
             batch_size=batch_size,
@@ -113,7 +116,9 @@ class CXRNetModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4))
+        factory = self.optimizer_factory or (
+            lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+        )
         optimizer = factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
@@ -122,7 +127,10 @@ class CXRNetModule(pl.LightningModule):
             total = int(self.trainer.estimated_stepping_batches)
             scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(self.net, self.preprocessing, self.extra_metadata)

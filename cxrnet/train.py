@@ -86,6 +86,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for key, value in sorted(trainer.callback_metrics.items())
         if key.startswith("test/")
     }
+    # Every rank reports; under DDP the values must agree (torchmetrics synchronises the states).
+    log.info(
+        "rank %d of %d finished; test metrics: %s",
+        trainer.global_rank,
+        trainer.world_size,
+        json.dumps(metrics),
+    )
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -26,7 +26,11 @@ def _imported_modules(folder: Path) -> set[str]:
 def test_models_and_data_do_not_import_each_other_or_lightning_in_source() -> None:
     for folder, other in (("models", "cxrnet.data"), ("data", "cxrnet.models")):
         imported = _imported_modules(PACKAGE / folder)
-        bad = {n for n in imported if n.split(".")[0] in {"lightning", "pytorch_lightning"} or n.startswith(other)}
+        bad = {
+            n
+            for n in imported
+            if n.split(".")[0] in {"lightning", "pytorch_lightning"} or n.startswith(other)
+        }
         assert not bad, f"cxrnet/{folder} imports {sorted(bad)}"
 
 
@@ -41,6 +45,8 @@ def test_importing_models_or_data_loads_neither_lightning_nor_the_other() -> Non
     models = _loaded_after("import cxrnet.models")
     assert not {m for m in models if m.split(".")[0] in lightning}
     assert not {m for m in models if m.startswith("cxrnet.data")}
-    data = _loaded_after("import cxrnet.data.dataset, cxrnet.data.phantoms, cxrnet.data.synthetic, cxrnet.data.io")
+    data = _loaded_after(
+        "import cxrnet.data.dataset, cxrnet.data.phantoms, cxrnet.data.synthetic, cxrnet.data.io"
+    )
     assert not {m for m in data if m.split(".")[0] in lightning}
     assert not {m for m in data if m.startswith("cxrnet.models")}

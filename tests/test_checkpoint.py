@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrnet.checkpoint import CheckpointError, load_network, preprocessing_of, read_checkpoint, save_checkpoint
+from cxrnet.checkpoint import (
+    CheckpointError,
+    load_network,
+    preprocessing_of,
+    read_checkpoint,
+    save_checkpoint,
+)
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.models import create_model
 
@@ -18,8 +24,12 @@ CLASSES = ["normal", "bacterial", "viral", "covid19"]
 
 def test_minimal_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100", severity_targets=["brixia"],
-                       severity_scales={"brixia": 18}).eval()
+    net = create_model(
+        classes=CLASSES,
+        encoder="tu-mobilenetv3_small_100",
+        severity_targets=["brixia"],
+        severity_scales={"brixia": 18},
+    ).eval()
     path = save_checkpoint(tmp_path / "net.ckpt", net, Preprocessing(image_size=64, mean=0.4, std=0.3))
     rebuilt, meta = load_network(path)
     assert meta["classes"] == CLASSES and preprocessing_of(meta) == Preprocessing(64, 0.4, 0.3)
@@ -54,7 +64,7 @@ def test_not_a_cxrnet_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a cxrnet checkpoint"):
         read_checkpoint(tmp_path / "other.ckpt")
     (tmp_path / "text.ckpt").write_text("hello")
-    with pytest.raises(CheckpointError, match="text.ckpt"):
+    with pytest.raises(CheckpointError, match=r"text\.ckpt"):
         read_checkpoint(tmp_path / "text.ckpt")
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.ckpt")

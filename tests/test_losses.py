@@ -25,7 +25,9 @@ def _batch(b: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
 def _output(b: int = 4, size: int = 16, requires_grad: bool = True) -> CXRNetOutput:
     g = torch.Generator().manual_seed(1)
     t = lambda *shape: torch.randn(*shape, generator=g).requires_grad_(requires_grad)  # noqa: E731
-    return CXRNetOutput(t(b, 1, size, size), t(b, 1, size, size), torch.sigmoid(t(b, 1, size, size)), t(b, 4), t(b, 2))
+    return CXRNetOutput(
+        t(b, 1, size, size), t(b, 1, size, size), torch.sigmoid(t(b, 1, size, size)), t(b, 4), t(b, 2)
+    )
 
 
 def test_absent_task_is_zero_and_still_connected() -> None:
@@ -41,7 +43,9 @@ def test_absent_task_is_zero_and_still_connected() -> None:
 def test_masked_terms_equal_the_loss_on_the_present_items_only() -> None:
     out, batch = _output(requires_grad=False), _batch()
     present = batch["has_lung_mask"]
-    expected = dice_bce_loss(out.lung_logits[present], batch["lung_mask"][present], torch.ones(2, dtype=torch.bool))
+    expected = dice_bce_loss(
+        out.lung_logits[present], batch["lung_mask"][present], torch.ones(2, dtype=torch.bool)
+    )
     torch.testing.assert_close(dice_bce_loss(out.lung_logits, batch["lung_mask"], present), expected)
     labelled = batch["label"] >= 0
     torch.testing.assert_close(
@@ -64,8 +68,12 @@ def test_severity_skips_nan_and_no_labels_gives_zero() -> None:
 
 def test_weights_are_config_and_unknown_names_fail() -> None:
     out, batch = _output(requires_grad=False), _batch()
-    only_cls = MultiTaskLoss({name: 0.0 for name in ("lung", "infection", "severity", "explanation_area",
-                                                      "explanation_smoothness")})(out, batch)
+    only_cls = MultiTaskLoss(
+        {
+            name: 0.0
+            for name in ("lung", "infection", "severity", "explanation_area", "explanation_smoothness")
+        }
+    )(out, batch)
     torch.testing.assert_close(only_cls["total"], only_cls["cls"])
     try:
         MultiTaskLoss({"lungs": 1.0})

@@ -172,7 +172,9 @@ def create_model(**config: Any) -> CXRNet:
     return CXRNet(**config)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = 32, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int = 32, value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad B×C×H×W on the bottom and right to the next multiple; returns the padded tensor and (H, W)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple

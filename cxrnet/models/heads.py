@@ -29,7 +29,9 @@ class SeverityHead(nn.Module):
 
     def __init__(self, in_channels: int, scales: list[float], hidden: int = 64) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(scales)))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, len(scales))
+        )
         self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32), persistent=True)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,9 @@ def blur(image: torch.Tensor, pixels: int) -> torch.Tensor:
     return F.avg_pool2d(image, kernel_size=kernel, stride=1, padding=pixels, count_include_pad=False)
 
 
-def apply_gate(image: torch.Tensor, gate: torch.Tensor, fill: str = "zero", blur_pixels: int = 8) -> torch.Tensor:
+def apply_gate(
+    image: torch.Tensor, gate: torch.Tensor, fill: str = "zero", blur_pixels: int = 8
+) -> torch.Tensor:
     """Show the classifier only what the gate keeps.
 
     Args:

@@ -16,22 +16,37 @@ DECODERS = ["unet", "unetplusplus", "fpn", "deeplabv3plus"]
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_forward_backward_every_head(encoder: str, decoder: str) -> None:
     torch.manual_seed(0)
-    net = create_model(classes=CLASSES, encoder=encoder, decoder=decoder, severity_targets=["brixia"],
-                       severity_scales={"brixia": 18})
+    net = create_model(
+        classes=CLASSES,
+        encoder=encoder,
+        decoder=decoder,
+        severity_targets=["brixia"],
+        severity_scales={"brixia": 18},
+    )
     x = torch.randn(2, 1, 64, 64)
     out = net(x)
     expl, severity = out.explanation.detach(), out.severity.detach()
     assert out.lung_logits.shape == out.infection_logits.shape == out.explanation.shape == (2, 1, 64, 64)
     assert out.class_logits.shape == (2, 4)
     assert out.severity.shape == (2, 1)
-    assert 0 <= float(expl.min()) and float(expl.max()) <= 1
-    assert 0 <= float(severity.min()) and float(severity.max()) <= 18
-    loss = out.lung_logits.mean() + out.infection_logits.mean() + out.class_logits.mean() + out.severity.mean()
+    assert float(expl.min()) >= 0 and float(expl.max()) <= 1
+    assert float(severity.min()) >= 0 and float(severity.max()) <= 18
+    loss = (
+        out.lung_logits.mean() + out.infection_logits.mean() + out.class_logits.mean() + out.severity.mean()
+    )
     loss.backward()
-    for part in (net.encoder, net.decoder, net.segmentation_head, net.classifier_encoder, net.classification_head,
-                 net.severity_head):
+    for part in (
+        net.encoder,
+        net.decoder,
+        net.segmentation_head,
+        net.classifier_encoder,
+        net.classification_head,
+        net.severity_head,
+    ):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
-        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"no gradient reaches {type(part).__name__}"
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), (
+            f"no gradient reaches {type(part).__name__}"
+        )
 
 
 def test_densenet_encoder_with_unet() -> None:
@@ -44,14 +59,18 @@ def test_explanation_gates_what_the_classifier_sees() -> None:
     net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100").eval()
     x = torch.randn(1, 1, 64, 64)
     maps = net.segment(x)
-    closed = net.forward_heads(net.forward_features(net.gate(x, maps[:, :1], torch.zeros_like(maps[:, :1]))))[0]
+    closed = net.forward_heads(net.forward_features(net.gate(x, maps[:, :1], torch.zeros_like(maps[:, :1]))))[
+        0
+    ]
     blank = net.forward_heads(net.forward_features(torch.zeros_like(x)))[0]
     # With a closed gate the classifier sees nothing of the image: same logits as for a blank input.
     torch.testing.assert_close(closed, blank)
 
 
 def test_gate_with_lungs_removes_everything_outside_the_lungs() -> None:
-    net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100", gate_with_lungs=True, lung_dilation=0)
+    net = create_model(
+        classes=CLASSES, encoder="tu-mobilenetv3_small_100", gate_with_lungs=True, lung_dilation=0
+    )
     x = torch.randn(1, 1, 64, 64)
     lung_logits = torch.full((1, 1, 64, 64), -20.0)
     lung_logits[..., 10:30, 10:30] = 20.0
@@ -76,7 +95,7 @@ def test_rgb_input_is_refused_with_a_fix() -> None:
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="valid smp encoders: .*resnet18"):
+    with pytest.raises(ValueError, match=r"valid smp encoders: .*resnet18"):
         create_model(classes=CLASSES, encoder="resnet19")
     with pytest.raises(ValueError, match="valid decoders: deeplabv3plus, fpn"):
         create_model(classes=CLASSES, decoder="segformerx")
@@ -97,8 +116,12 @@ def test_pretrained_offline_failure_is_explained(monkeypatch: pytest.MonkeyPatch
 
 
 def test_config_rebuilds_the_same_architecture() -> None:
-    net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100", decoder="fpn",
-                       severity_targets=["brixia", "geographic_extent"])
+    net = create_model(
+        classes=CLASSES,
+        encoder="tu-mobilenetv3_small_100",
+        decoder="fpn",
+        severity_targets=["brixia", "geographic_extent"],
+    )
     clone = create_model(**net.config)
     clone.load_state_dict(net.state_dict())
     x = torch.randn(1, 1, 64, 64)
