@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 from omegaconf import DictConfig
 
 from cxrnet.checkpoint import load_network
 from cxrnet.train import train
+
+from conftest import TINY_MODEL
 
 CLASSES = 4
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import SHAPE, box_mask, gray, save, write_dicom
 from PIL import Image
 
 from cxrnet.data.io import (
@@ -21,6 +20,8 @@ from cxrnet.data.io import (
     read_mask,
 )
 from cxrnet.data.records import Record
+
+from fixtures import SHAPE, box_mask, gray, save, write_dicom
 
 LUMA = np.array([0.299, 0.587, 0.114])
 

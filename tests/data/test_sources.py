@@ -6,6 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cxrnet.data.io import load_record, mask_problems
+from cxrnet.data.records import Record
+from cxrnet.data.sources import (
+    SOURCES,
+    SourceResult,
+    cohen,
+    covid_qu_ex,
+    covidx,
+    folder,
+    get_source,
+    montgomery,
+    qata,
+    read_source,
+    shenzhen,
+)
+
 from fixtures import (
     COHEN_LUNG_BOX,
     LEFT_BOX,
@@ -23,22 +40,6 @@ from fixtures import (
     make_montgomery,
     make_qata,
     make_shenzhen,
-)
-
-from cxrnet.data.io import load_record, mask_problems
-from cxrnet.data.records import Record
-from cxrnet.data.sources import (
-    SOURCES,
-    SourceResult,
-    cohen,
-    covid_qu_ex,
-    covidx,
-    folder,
-    get_source,
-    montgomery,
-    qata,
-    read_source,
-    shenzhen,
 )
 
 

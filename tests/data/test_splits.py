@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import make_covidx, natural, save
 from PIL import Image
 
 from cxrnet.data.records import Record
@@ -21,6 +20,8 @@ from cxrnet.data.splits import (
     image_hash,
     patient_split,
 )
+
+from fixtures import make_covidx, natural, save
 
 
 def cohort(n_patients: int = 300, seed: int = 0, source: str = "a") -> list[Record]:
