@@ -95,7 +95,7 @@ class CXRNet(nn.Module):
         self.gate_with_lungs = gate_with_lungs
         self.gate_fill = gate_fill
         self.lung_dilation = lung_dilation
-        apply_gate(torch.zeros(1), torch.zeros(1), gate_fill)  # fail now, not at the first batch
+        apply_gate(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), gate_fill)  # fail now, not at the first batch
 
         decoder_kwargs: dict[str, Any] = {}
         if decoder_channels:
@@ -142,7 +142,7 @@ class CXRNet(nn.Module):
         if self.gate_with_lungs:
             # Detached: the classifier must not be able to redraw the lungs to suit itself.
             lungs = torch.sigmoid(lung_logits).detach()
-            gate = gate * soft_dilate(lungs, max(1, round(self.lung_dilation * x.shape[-1])))
+            gate = gate * soft_dilate(lungs, max(1, round(self.lung_dilation * int(x.shape[-1]))))
         return apply_gate(x, gate, self.gate_fill)
 
     def forward_features(self, gated: torch.Tensor) -> torch.Tensor:

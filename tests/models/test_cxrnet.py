@@ -128,3 +128,13 @@ def test_config_rebuilds_the_same_architecture() -> None:
     a, b = net.eval()(x), clone.eval()(x)
     for left, right in zip(a, b):
         torch.testing.assert_close(left, right)
+
+
+def test_blur_fill_builds_and_keeps_gated_regions() -> None:
+    net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100", gate_fill="blur")
+    x = torch.randn(1, 1, 64, 64)
+    gate = torch.zeros_like(x)
+    gate[..., :32, :] = 1
+    gated = net.gate(x, torch.zeros_like(x), gate)
+    torch.testing.assert_close(gated[..., :32, :], x[..., :32, :])
+    assert float(gated[..., 32:, :].std()) < float(x[..., 32:, :].std())  # the removed half is blurred, not kept

@@ -1,0 +1,96 @@
+"""``cxrnet.explain.evaluate`` scores every method on a tiny phantom split, with data settings from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from rich.console import Console
+
+from cxrnet.checkpoint import save_checkpoint
+from cxrnet.data.transforms import Preprocessing
+from cxrnet.explain.evaluate import evaluate_explanations, results_table
+from cxrnet.models import create_model
+
+CLASSES = ["normal", "bacterial", "viral", "covid19"]
+METHODS = ["native", "gradcam", "gradcam++"]
+TINY_SPLIT = ["data.options.n_test=8", "data.options.n_train=8", "data.options.n_val=8"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = create_model(
+        classes=CLASSES, encoder="tu-mobilenetv3_small_100", decoder_channels=[32, 24, 16, 16, 8]
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "net.ckpt"
+    return save_checkpoint(path, net.eval(), Preprocessing(image_size=64, mean=0.5, std=0.25))
+
+
+def compose_explain(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="cxrnet.conf", version_base="1.3"):
+        return compose(config_name="explain_evaluate", overrides=list(overrides))
+
+
+def test_every_method_gets_finite_scores(checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "scores" / "explain.json"
+    # data.image_size=128 on purpose: the checkpoint's 64 px must win.
+    cfg = compose_explain(f"checkpoint={checkpoint}", f"output={output}", "data.image_size=128", *TINY_SPLIT)
+    results = evaluate_explanations(cfg)
+    assert cfg.data.image_size == 64 and list(cfg.data.classes) == CLASSES
+
+    counts = results["counts"]
+    assert counts["items"] == counts["with_infection_mask"] == 8
+    assert 0 < counts["empty_infection_mask"] < 8  # normal phantoms have no infection
+    scored = counts["with_infection_mask"] - counts["empty_infection_mask"]
+    assert list(results["methods"]) == METHODS
+    for scores in results["methods"].values():
+        for key in ("pointing_game", "average_precision", "top10_iou", "top10_f1", "infection_share"):
+            assert scores[key]["n"] == scored
+            assert math.isfinite(scores[key]["mean"]) and 0 <= scores[key]["mean"] <= 1
+        assert scores["lung_share"]["n"] == counts["with_lung_mask"] == 8
+        assert 0 <= scores["lung_share"]["mean"] <= 1
+    assert json.loads(output.read_text()) == results
+
+    console = Console(record=True, width=160)
+    console.print(results_table(results))
+    text = console.export_text()
+    assert all(name in text for name in METHODS) and "AP" in text and "in lungs" in text
+
+
+def test_unknown_method_lists_the_valid_ones(checkpoint: Path) -> None:
+    cfg = compose_explain(f"checkpoint={checkpoint}", "methods=[native,lime]", *TINY_SPLIT)
+    with pytest.raises(ValueError, match=r"\['lime'\]; valid: native, gradcam, gradcam\+\+"):
+        evaluate_explanations(cfg)
+
+
+def test_missing_checkpoint_says_how_to_fix() -> None:
+    with pytest.raises(ValueError, match=r"checkpoint=<file\.ckpt>"):
+        evaluate_explanations(compose_explain(*TINY_SPLIT))
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_and_writes_only_the_json(checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out" / "explain.json"
+    command = [
+        sys.executable,
+        "-m",
+        "cxrnet.explain.evaluate",
+        f"checkpoint={checkpoint}",
+        "data=synthetic",
+        "methods=[native,gradcam]",
+        f"output={output}",
+        *TINY_SPLIT,
+    ]
+    done = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
+    assert "gradcam" in done.stdout and "pointing" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no outputs/ in the working directory
+    assert sorted(p.name for p in output.parent.iterdir()) == ["explain.json"]
+    assert list(json.loads(output.read_text())["methods"]) == ["native", "gradcam"]
