@@ -45,15 +45,22 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> CXRNetModule:
-    """The LightningModule of a training config (network, loss, optimiser, scheduler)."""
+    """The LightningModule of a training config (network, loss, optimiser, scheduler).
+
+    Checkpoints store the resolved config and, with ``record_training_data``, the training split's patient
+    ids and image hashes, which ``cxrnet.evaluate`` uses to refuse a test set that leaks from training.
+    """
     net = instantiate(cfg.model, _convert_="all")
+    metadata: dict[str, Any] = {"config": OmegaConf.to_yaml(cfg, resolve=True)}
+    if cfg.get("record_training_data", True):
+        metadata["training_data"] = datamodule.training_fingerprint()
     return CXRNetModule(
         net,
         loss=instantiate(cfg.loss, _convert_="all"),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         preprocessing=datamodule.preprocessing,
-        extra_metadata={"config": OmegaConf.to_yaml(cfg, resolve=True)},
+        extra_metadata=metadata,
     )
 
 

@@ -88,6 +88,9 @@ def test_checkpoint_alone_rebuilds_identical_outputs(tiny_train_cfg: Callable[..
     net, meta = load_network(ckpt)
     assert meta["classes"] == ["normal", "bacterial", "viral", "covid19"]
     assert meta["preprocessing"]["image_size"] == 64
+    # What the model was trained on, for the leakage guard: 16 phantoms, one patient each.
+    assert meta["training_data"]["n_items"] == 16 and len(meta["training_data"]["patient_ids"]) == 16
+    assert len(meta["training_data"]["image_hashes"]) == 16
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     from cxrnet.models import create_model
 
