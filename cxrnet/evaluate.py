@@ -1,0 +1,278 @@
+"""Evaluate a checkpoint on a dataset split:
+``python -m cxrnet.evaluate checkpoint=<ckpt> data=<name> [data.root=<dir>] [split=test] output_dir=<out>``.
+
+Writes into ``<out>``:
+
+- ``metrics.json``: flat keys prefixed by task (``cls/accuracy``, ``cls/covid19/sensitivity``, ``lung/dice/mean``,
+  ``infection/nonempty/dice/mean``, ``severity/map/brixia/mae``, ``explanation/pointing_game``, ``leakage/...``),
+  documented in :data:`cxrnet.evaluation.summary.METRIC_DOCS`; undefined values are ``null``.
+- ``metrics_ci.json``: 95 % patient-level bootstrap intervals of the headline metrics, with the resample count.
+- ``run.json``: provenance (checkpoint, SHA-256 of its training config, data, split, leakage check, versions).
+- ``plots/*.png`` and ``report.md`` / self-contained ``report.html``.
+
+Before scoring anything, the split is compared with the training data recorded in the checkpoint
+(:mod:`cxrnet.leakage`); a split sharing patients or near-duplicate images is refused unless
+``allow_leakage=true``. ``evaluate(cfg)`` does the work; ``main`` is the thin Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cxrnet.checkpoint import load_network, preprocessing_of
+from cxrnet.data.dataset import CXRDataset
+from cxrnet.data.records import Record
+from cxrnet.evaluation.bootstrap import CI
+from cxrnet.evaluation.collect import MAP_ESTIMATES, Collected, collect
+from cxrnet.evaluation.report import NOTE, build_report, write_plots
+from cxrnet.evaluation.summary import compute_metrics, confidence_intervals
+from cxrnet.leakage import NOT_CHECKED, LeakageReport, guard_split, item_hash
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = ("torch", "pytorch-lightning", "segmentation-models-pytorch", "timm", "cxrnet")
+#: At most this many shared patients and duplicated files are listed in run.json (all are counted).
+MAX_LISTED = 100
+
+
+def resolve_device(name: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other names are checked and returned."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} requested but CUDA is not available; use device=cpu")
+    return name
+
+
+def config_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the training config stored in the checkpoint (``""`` when there is none)."""
+    config = meta.get("config")
+    if not config:
+        return ""
+    text = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _stored_data_seed(meta: dict[str, Any]) -> int | None:
+    config = meta.get("config")
+    try:
+        stored = OmegaConf.create(config) if isinstance(config, str) else OmegaConf.create(config or {})
+        return int(OmegaConf.select(stored, "data.seed", default=None))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def data_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
+    """``cfg.data`` with the checkpoint's image size, normalisation, classes and a fixed split seed.
+
+    Severity targets become the data's own, plus those the model regresses, plus the references the
+    map-derived scores are compared with.
+    """
+    missing = [f"data.{key}" for key in cfg.data if OmegaConf.is_missing(cfg.data, key) and key != "classes"]
+    if missing:
+        raise ValueError(
+            f"data={cfg.data.get('name')} needs {', '.join(f'{k}=...' for k in missing)} on the command line"
+        )
+    data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    preprocessing = preprocessing_of(meta)
+    seed = cfg.seed if cfg.seed is not None else _stored_data_seed(meta)
+    references = [*data.get("severity_targets", []), *meta.get("severity_targets", []), *MAP_ESTIMATES]
+    with open_dict(data):
+        data.image_size = preprocessing.image_size
+        data.mean, data.std = preprocessing.mean, preprocessing.std
+        data.classes = list(meta["classes"])
+        data.severity_targets = list(dict.fromkeys(references))
+        data.augment = "none"
+        data.seed = 0 if seed is None else seed
+    return data
+
+
+def _hasher(datamodule: Any) -> Callable[[Any], int]:
+    """Item hashes from the datamodule's cache when it has one (no full-size file is decoded again)."""
+    cache = getattr(datamodule, "cache", None)
+    if cache is None:
+        return item_hash
+
+    def cached(item: Any) -> int:
+        return int(cache.info(item).hash) if isinstance(item, Record) else item_hash(item)
+
+    return cached
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and the packages that determine the numbers."""
+    versions = {"python": platform.python_version()}
+    for package in SOFTWARE:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def to_json(value: Any) -> Any:
+    """NaN and infinities become ``None`` (JSON ``null``); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _write_json(path: Path, content: Any) -> None:
+    path.write_text(json.dumps(to_json(content), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _command() -> str:
+    if HydraConfig.initialized():
+        return " ".join(["python -m cxrnet.evaluate", *HydraConfig.get().overrides.task])
+    return "cxrnet.evaluate.evaluate(cfg) from Python"
+
+
+def _provenance(
+    cfg: DictConfig,
+    checkpoint: Path,
+    meta: dict[str, Any],
+    data_cfg: DictConfig,
+    collected: Collected,
+    leakage: LeakageReport | None,
+    allowed: bool,
+) -> dict[str, Any]:
+    """The content of ``run.json``: what was evaluated, how, with what software."""
+    paths = collected.paths
+    data = OmegaConf.to_container(data_cfg, resolve=True)
+    leak: dict[str, Any] = {"checked": False, "summary": NOT_CHECKED}
+    if leakage is not None:
+        leak = {
+            **leakage.as_dict(),
+            "summary": leakage.describe(paths),
+            "shared_patients": leakage.shared_patients[:MAX_LISTED],
+            "near_duplicate_files": [paths[i] for i in leakage.eval_items_with_duplicates[:MAX_LISTED]],
+        }
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_config_sha256": config_digest(meta),
+        "model": meta.get("model", {}),
+        "classes": collected.classes,
+        "temperature": meta.get("temperature"),
+        "data": {k: v for k, v in data.items() if k != "_target_"},
+        "split": cfg.split,
+        "sources": sorted(set(collected.sources)),
+        "leakage": {**leak, "allowed": allowed},
+        "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
+        "command": _command(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": software_versions(),
+        "note": NOTE,
+    }
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score a checkpoint on one split and write metrics, intervals, figures and the report.
+
+    Args:
+        cfg: a composed ``evaluate.yaml`` config.
+
+    Returns:
+        The content of ``metrics.json`` (NaN where a value is undefined).
+
+    Raises:
+        LeakageError: the split overlaps the training data and ``allow_leakage`` is false.
+    """
+    out_dir = Path(cfg.output_dir)
+    checkpoint = Path(cfg.checkpoint)
+    device = resolve_device(str(cfg.device))
+    net, meta = load_network(checkpoint)
+    data_cfg = data_config(cfg, meta)
+    datamodule = instantiate(data_cfg, _convert_="all")
+    datamodule.setup()
+    if cfg.split not in datamodule.datasets:
+        raise ValueError(f"split={cfg.split!r} is not one of {sorted(datamodule.datasets)}")
+    dataset: CXRDataset = datamodule.datasets[cfg.split]
+    if len(dataset) == 0:
+        raise ValueError(f"the {cfg.split} split of data={data_cfg.name} is empty; nothing to evaluate")
+    name = f"the {cfg.split} split of data={data_cfg.name}"
+    leakage = guard_split(
+        meta.get("training_data"),
+        dataset,
+        allow=bool(cfg.allow_leakage),
+        max_distance=int(cfg.leakage_max_distance),
+        num_workers=int(data_cfg.get("num_workers", 0)),
+        name=name,
+        hash_item=_hasher(datamodule),
+    )
+    temperature = meta.get("temperature")
+    temperature = float(temperature) if temperature is not None else None
+    log.info("scoring %d items of %s on %s", len(dataset), name, device)
+    collected = collect(
+        net,
+        dataset,
+        batch_size=int(data_cfg.batch_size),
+        num_workers=int(data_cfg.get("num_workers", 0)),
+        device=device,
+        n_examples=int(cfg.report.n_examples),
+    )
+    metrics: dict[str, Any] = compute_metrics(collected, temperature)
+    leak = leakage.as_dict() if leakage is not None else {"checked": False}
+    metrics |= {f"leakage/{k}": v for k, v in leak.items()}
+    metrics["leakage/allowed"] = bool(leakage is not None and leakage.leaked and cfg.allow_leakage)
+    boot = cfg.bootstrap
+    metrics["bootstrap/n_resamples"] = int(boot.n_resamples)
+    intervals: dict[str, CI] = confidence_intervals(
+        collected,
+        temperature,
+        n_resamples=int(boot.n_resamples),
+        confidence=float(boot.confidence),
+        seed=int(boot.seed),
+    )
+    plots = write_plots(collected, out_dir / "plots", temperature)
+
+    run = _provenance(cfg, checkpoint, meta, data_cfg, collected, leakage, metrics["leakage/allowed"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "metrics.json", metrics)
+    _write_json(
+        out_dir / "metrics_ci.json",
+        {
+            "n_resamples": int(boot.n_resamples),
+            "confidence": float(boot.confidence),
+            "seed": int(boot.seed),
+            "resampling_unit": "patient",
+            "n_patients": metrics["n_patients"],
+            "intervals": {key: ci.as_dict() for key, ci in intervals.items()},
+        },
+    )
+    _write_json(out_dir / "run.json", run)
+    build_report(out_dir, collected, metrics, intervals, plots, run)
+    log.info("evaluation written to %s", out_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
