@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from scipy.special import softmax
 
 from cxrnet.checkpoint import load_network, preprocessing_of, save_checkpoint
-from cxrnet.evaluate import config_digest, data_config, resolve_device
+from cxrnet.devices import resolve_device
+from cxrnet.evaluate import config_digest, data_config
 from cxrnet.evaluation.calibration import apply_temperature, expected_calibration_error
 from cxrnet.evaluation.collect import collect_logits
 

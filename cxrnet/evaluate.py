@@ -30,7 +30,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -38,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cxrnet.checkpoint import load_network, preprocessing_of
 from cxrnet.data.dataset import CXRDataset
 from cxrnet.data.records import Record
+from cxrnet.devices import resolve_device
 from cxrnet.evaluation.bootstrap import CI
 from cxrnet.evaluation.collect import MAP_ESTIMATES, Collected, collect
 from cxrnet.evaluation.report import NOTE, build_report, write_plots
@@ -49,15 +49,6 @@ log = logging.getLogger(__name__)
 SOFTWARE = ("torch", "pytorch-lightning", "segmentation-models-pytorch", "timm", "cxrnet")
 #: At most this many shared patients and duplicated files are listed in run.json (all are counted).
 MAX_LISTED = 100
-
-
-def resolve_device(name: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other names are checked and returned."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} requested but CUDA is not available; use device=cpu")
-    return name
 
 
 def config_digest(meta: dict[str, Any]) -> str:

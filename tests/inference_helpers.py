@@ -1,0 +1,106 @@
+"""Shared pieces of the inference and batch-prediction tests: a tiny checkpoint and awkward input files.
+
+Import the fixtures into a test module (``from inference_helpers import tiny_checkpoint``) to use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrnet.checkpoint import save_checkpoint
+from cxrnet.data.transforms import Preprocessing
+from cxrnet.models import CXRNet, create_model
+
+CLASSES = ["normal", "bacterial", "viral", "covid19"]
+SEVERITY_TARGETS = ["geographic_extent", "brixia"]
+SEVERITY_SCALES = {"geographic_extent": 8, "brixia": 18}
+IMAGE_SIZE = 64
+
+
+def tiny_net(seed: int = 0) -> CXRNet:
+    """A random-init two-encoder CXRNet small enough for 64-pixel tests on a CPU."""
+    torch.manual_seed(seed)
+    return create_model(
+        classes=CLASSES,
+        encoder="tu-mobilenetv3_small_100",
+        decoder_channels=[32, 24, 16, 16, 8],
+        severity_targets=SEVERITY_TARGETS,
+        severity_scales=SEVERITY_SCALES,
+    ).eval()
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Save :func:`tiny_net` with 64-pixel preprocessing as a cxrnet checkpoint."""
+    return save_checkpoint(path, tiny_net(seed), Preprocessing(image_size=IMAGE_SIZE, mean=0.5, std=0.25))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny random-init checkpoint, written once per test session."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+def radiograph(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 H x W test image: bright 'mediastinum' between two dark 'lungs', plus noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    lungs = (((x / width - 0.3) / 0.15) ** 2 + ((y / height - 0.5) / 0.3) ** 2 < 1) | (
+        ((x / width - 0.7) / 0.15) ** 2 + ((y / height - 0.5) / 0.3) ** 2 < 1
+    )
+    image = np.where(lungs, 60.0, 190.0) + rng.normal(0, 12, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    """Save uint8 gray/RGB/RGBA or uint16 gray pixels as PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_monochrome1_dicom(path: Path, pixels: np.ndarray) -> Path:
+    """Write uint16 H x W ``pixels`` as a 16-bit MONOCHROME1 DICOM (no window: cxrnet min-max scales it)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "test"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_corrupt_files(folder: Path) -> dict[str, Path]:
+    """Three unreadable 'images': a truncated PNG, random bytes named .jpg and an empty .png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = write_png(folder / "whole.png", radiograph(64, 64)).read_bytes()
+    (folder / "whole.png").unlink()
+    files = {
+        "truncated": folder / "truncated.png",
+        "random": folder / "random_bytes.jpg",
+        "empty": folder / "empty.png",
+    }
+    files["truncated"].write_bytes(whole[: len(whole) // 2])
+    files["random"].write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    files["empty"].write_bytes(b"")
+    return files

@@ -1,0 +1,254 @@
+"""The Python API: ``load_model(ckpt).predict(path | array | tensor | list)`` on awkward real-world inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cxrnet
+from cxrnet import Prediction, Predictor, load_model
+from cxrnet.checkpoint import CheckpointError
+from cxrnet.data.io import ImageReadError
+from cxrnet.severity import assess_severity
+
+from inference_helpers import (
+    CLASSES,
+    IMAGE_SIZE,
+    SEVERITY_SCALES,
+    SEVERITY_TARGETS,
+    radiograph,
+    tiny_checkpoint,
+    tiny_net,
+    write_corrupt_files,
+    write_monochrome1_dicom,
+    write_png,
+)
+
+__all__ = ["tiny_checkpoint"]  # a fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint: Path) -> Predictor:
+    return load_model(tiny_checkpoint, device="cpu", batch_size=4)
+
+
+def assert_same(a: Prediction, b: Prediction, atol: float = 1e-5) -> None:
+    assert a.label == b.label
+    np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=atol)
+    np.testing.assert_allclose(a.infection_map, b.infection_map, atol=atol)
+    np.testing.assert_allclose(a.explanation, b.explanation, atol=atol)
+    assert (a.lung_mask != b.lung_mask).mean() < 1e-3  # pixels exactly at 0.5 may flip
+
+
+def check_prediction(pred: Prediction, shape: tuple[int, int]) -> None:
+    assert list(pred.probabilities) == CLASSES
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
+    assert pred.lung_mask.shape == pred.infection_map.shape == pred.explanation.shape == shape
+    assert pred.lung_mask.dtype == bool
+    for values in (pred.infection_map, pred.explanation):
+        assert values.dtype == np.float32 and values.min() >= 0.0 and values.max() <= 1.0
+    assert (pred.meta["height"], pred.meta["width"]) == shape
+    assert pred.meta["model_size"] == IMAGE_SIZE
+
+
+def test_public_api_and_model_attributes(model: Predictor) -> None:
+    assert {"load_model", "Predictor", "Prediction"} <= set(cxrnet.__all__)
+    assert {"load_model", "Predictor", "Prediction"} <= set(cxrnet.inference.__all__)
+    assert model.classes == CLASSES and model.severity_targets == SEVERITY_TARGETS
+    assert model.preprocessing.image_size == IMAGE_SIZE
+    assert "tiny.ckpt" in repr(model)
+
+
+def test_path_array_and_tensor_give_the_same_prediction(model: Predictor, tmp_path: Path) -> None:
+    pixels = radiograph(250, 190)  # neither side divisible by 32
+    path = write_png(tmp_path / "cxr.png", pixels)
+    by_path = model.predict(path)
+    check_prediction(by_path, (250, 190))
+    assert by_path.meta["source"] == str(path)
+    for other in (
+        model.predict(str(path)),
+        model.predict(pixels),
+        model.predict(pixels.astype(np.float32) / 255),
+        model.predict(torch.from_numpy(pixels)),
+        model.predict(torch.from_numpy(pixels)[None]),  # 1 x H x W
+        model.predict(pixels[..., None]),  # H x W x 1
+    ):
+        assert_same(by_path, other, atol=1e-6)
+    assert model.predict(pixels).meta["source"] == "<array>"
+    assert model.predict(torch.from_numpy(pixels)).meta["source"] == "<tensor>"
+
+
+@pytest.mark.parametrize("shape", [(250, 190), (20, 20), (190, 250), (3000, 2500)])
+def test_maps_come_back_at_the_original_size(model: Predictor, shape: tuple[int, int]) -> None:
+    check_prediction(model.predict(radiograph(*shape)), shape)
+
+
+class _MapsFromImage(Predictor):
+    """The tiny model, with smooth lung and infection maps drawn from the image (dark = lung)."""
+
+    def _forward(self, squares: list[np.ndarray]) -> dict[str, np.ndarray]:
+        out = super()._forward(squares)
+        lung = 1.0 / (1.0 + np.exp((np.stack(squares) - 0.5) * 20.0))
+        lower = np.linspace(0.0, 1.0, lung.shape[1])[None, :, None]
+        out["lung"], out["infection"] = lung.astype(np.float32), (lung * lower).astype(np.float32)
+        return out
+
+
+def test_severity_from_maps_and_learned(model: Predictor) -> None:
+    maps_model = _MapsFromImage(model.net, model.preprocessing)
+    small = maps_model.predict(radiograph(40, 36))  # smaller than the model input: scored at original size
+    assert small.severity["from_maps"] == assess_severity(small.lung_mask, small.infection_map).to_dict()
+    assert small.severity["from_maps"]["area_right"] > 100
+    pred = maps_model.predict(radiograph(640, 560))  # larger: scored at model resolution, areas rescaled
+    at_full_size = assess_severity(pred.lung_mask, pred.infection_map).to_dict()
+    assert at_full_size["area_right"] > 10_000 and at_full_size["fraction_right"] > 0.1
+    for key in ("fraction_right", "fraction_left", "fraction_total"):
+        assert pred.severity["from_maps"][key] == pytest.approx(at_full_size[key], abs=0.03)
+    for key in ("area_right", "area_left"):
+        assert pred.severity["from_maps"][key] == pytest.approx(at_full_size[key], rel=0.05)
+    learned = pred.severity["learned"]
+    assert list(learned) == SEVERITY_TARGETS
+    for name, value in learned.items():
+        assert 0.0 <= value <= SEVERITY_SCALES[name]
+
+
+def test_list_gives_a_list_in_order_equal_to_single_predictions(model: Predictor, tmp_path: Path) -> None:
+    images = [radiograph(60 + 10 * i, 70, seed=i) for i in range(6)]
+    inputs = [images[0], write_png(tmp_path / "b.png", images[1]), torch.from_numpy(images[2]), *images[3:]]
+    preds = model.predict(inputs, batch_size=4)  # two batches, the second one partial
+    assert isinstance(preds, list) and len(preds) == 6
+    for image, pred in zip(images, preds):
+        check_prediction(pred, image.shape)
+        assert_same(pred, model.predict(image))
+    assert model.predict([]) == []
+
+
+def test_rgb_rgba_and_16_bit_files(model: Predictor, tmp_path: Path) -> None:
+    gray = radiograph(90, 80)
+    rgb = np.stack([gray, np.roll(gray, 3, axis=1), gray // 2], axis=-1)
+    rgba = np.concatenate([rgb, np.full((90, 80, 1), 255, np.uint8)], axis=-1)
+    by_rgb_file = model.predict(write_png(tmp_path / "rgb.png", rgb))
+    check_prediction(by_rgb_file, (90, 80))
+    assert_same(by_rgb_file, model.predict(rgb))  # RGB arrays are reduced to luminance, as files are
+    # An opaque RGBA file reads like its RGB content; an RGBA array is ambiguous and refused.
+    assert_same(model.predict(write_png(tmp_path / "rgba.png", rgba)), by_rgb_file)
+    with pytest.raises(ValueError, match="image is 4-channel RGBA; expected grayscale or RGB"):
+        model.predict(rgba)
+    with pytest.raises(ValueError, match="4-channel RGBA"):
+        model.predict(torch.from_numpy(rgba).permute(2, 0, 1))
+    sixteen = (gray.astype(np.uint16) * 257 + 100).astype(np.uint16)
+    by_16bit_file = model.predict(write_png(tmp_path / "sixteen.png", sixteen))
+    check_prediction(by_16bit_file, (90, 80))
+    assert_same(by_16bit_file, model.predict(sixteen))
+
+
+def test_monochrome1_dicom(model: Predictor, tmp_path: Path) -> None:
+    raw = radiograph(120, 100).astype(np.uint16) * 200 + 1000
+    path = write_monochrome1_dicom(tmp_path / "scan.dcm", raw)
+    pred = model.predict(path)
+    check_prediction(pred, (120, 100))
+    # No window in the file: min-max scaled, then inverted because MONOCHROME1 shows bone dark.
+    expected = 1.0 - (raw - raw.min()) / (raw.max() - raw.min())
+    assert_same(pred, model.predict(expected.astype(np.float32)))
+    assert not np.allclose(
+        pred.probabilities["normal"], model.predict(1.0 - expected).probabilities["normal"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.full((50, 50), 255.0, np.float32), r"\[255, 255\]; expected \[0, 1\]. Divide 8-bit data by 255"),
+        (np.full((50, 50), -0.5), "min-max scale"),
+        (np.full((50, 50), np.nan), "NaN"),
+        (np.zeros((50, 50), np.int64), "dtype int64"),
+        (np.zeros((2, 50, 50, 1), np.uint8), "pass several images as a list"),
+        (np.zeros((50, 50, 5), np.uint8), "shape 50x50x5"),
+        (np.zeros((0, 50), np.uint8), "empty"),
+    ],
+)
+def test_bad_arrays_fail_with_a_fix(model: Predictor, bad: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        model.predict(bad)
+
+
+def test_bad_inputs_and_files(model: Predictor, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="file path, a numpy array, a torch tensor"):
+        model.predict(42)  # type: ignore[arg-type]
+    files = write_corrupt_files(tmp_path)
+    with pytest.raises(ImageReadError, match=r"empty\.png"):
+        model.predict(files["empty"])
+    with pytest.raises(ImageReadError, match="does not exist"):
+        model.predict(tmp_path / "missing.png")
+
+
+def test_predict_files_turns_unreadable_files_into_error_results(model: Predictor, tmp_path: Path) -> None:
+    good = [write_png(tmp_path / f"ok{i}.png", radiograph(40 + i, 50, seed=i)) for i in range(3)]
+    bad = write_corrupt_files(tmp_path / "bad")
+    order = [good[0], bad["truncated"], good[1], bad["random"], bad["empty"], good[2]]
+    results = list(model.predict_files(order, batch_size=2, preview_size=32))
+    assert [r.path for r in results] == order
+    assert [r.error is None for r in results] == [True, False, True, False, False, True]
+    for r in results:
+        if r.error is None:
+            assert r.prediction is not None and max(r.preview.shape) == 32
+            assert_same(r.prediction, model.predict(r.path))
+        else:
+            assert r.prediction is None and r.preview is None and r.error
+    assert "empty" in results[4].error and "truncated or corrupt" in results[1].error
+
+
+def test_to_dict_is_json_ready(model: Predictor) -> None:
+    pred = model.predict(radiograph(40, 30))
+    summary = json.loads(json.dumps(pred.to_dict()))
+    assert summary["label"] == pred.label and list(summary["probabilities"]) == CLASSES
+    assert set(summary["severity"]) == {"from_maps", "learned"}
+    assert summary["meta"]["height"] == 40 and "lung_mask" not in summary
+    full = json.loads(json.dumps(pred.to_dict(include_maps=True)))
+    assert np.asarray(full["infection_map"]).shape == (40, 30)
+
+
+def test_not_a_checkpoint_and_missing_devices(tmp_path: Path) -> None:
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"notes\.ckpt"):
+        load_model(tmp_path / "notes.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a cxrnet checkpoint"):
+        load_model(tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.ckpt")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"CUDA is not available.*device='cpu'"):
+            load_model(tmp_path / "missing.ckpt", device="cuda:1")
+
+
+@pytest.mark.slow
+def test_inference_does_not_import_lightning() -> None:
+    code = "import sys, cxrnet.inference; print(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert not {m for m in loaded.split() if m.split(".")[0] in {"lightning", "pytorch_lightning"}}
+
+
+def test_a_calibrated_checkpoint_divides_the_logits_by_its_temperature(tmp_path: Path) -> None:
+    from cxrnet.checkpoint import save_checkpoint
+    from cxrnet.data.transforms import Preprocessing
+
+    net = tiny_net(seed=3)
+    plain = load_model(save_checkpoint(tmp_path / "plain.ckpt", net, Preprocessing(image_size=64)))
+    hot = load_model(
+        save_checkpoint(tmp_path / "hot.ckpt", net, Preprocessing(image_size=64), {"temperature": 4.0})
+    )
+    image = radiograph(80, 80, seed=1)
+    p_plain = np.array(list(plain.predict(image).probabilities.values()))
+    p_hot = np.array(list(hot.predict(image).probabilities.values()))
+    logits = np.log(p_plain)  # up to a constant, which the softmax ignores
+    expected = np.exp(logits / 4.0) / np.exp(logits / 4.0).sum()
+    np.testing.assert_allclose(p_hot, expected, atol=1e-5)
+    assert p_hot.max() < p_plain.max()  # a higher temperature softens the prediction

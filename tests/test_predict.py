@@ -1,0 +1,200 @@
+"""Batch prediction over folders: rows per file, error rows, overlays, resuming after a kill, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from cxrnet.data.phantoms import write_phantom_folder
+from cxrnet.predict import csv_columns, load_finished, overlay_names, predict, resolve_inputs
+
+from inference_helpers import (
+    CLASSES,
+    SEVERITY_TARGETS,
+    radiograph,
+    tiny_checkpoint,
+    write_corrupt_files,
+    write_monochrome1_dicom,
+    write_png,
+)
+
+__all__ = ["tiny_checkpoint"]  # a fixture, used by name
+
+N_PHANTOMS = 50
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 phantoms at 96 px, 3 corrupt files and a DICOM whose stem repeats a phantom's (in a sub-folder)."""
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_folder(root, N_PHANTOMS, size=96)
+    images = root / "images"
+    write_corrupt_files(images / "broken")
+    twin = sorted(images.glob("*.png"))[0].stem
+    write_monochrome1_dicom(images / "scans" / f"{twin}.dcm", radiograph(80, 72).astype("uint16") * 100)
+    return images
+
+
+def compose_predict(checkpoint: Path, input: Path | str, output_dir: Path, *overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="cxrnet.conf", version_base="1.3"):
+        return compose(
+            config_name="predict",
+            overrides=[
+                f"checkpoint={checkpoint}",
+                f"input={input}",
+                f"output_dir={output_dir}",
+                "progress=false",
+                "batch_size=8",
+                *overrides,
+            ],
+        )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_outputs(
+    out: Path, overlays: bool = True, n_ok: int = N_PHANTOMS + 1, n_error: int = 3
+) -> list[dict[str, str]]:
+    rows = read_csv(out / "predictions.csv")
+    records = read_jsonl(out / "predictions.jsonl")
+    assert len(rows) == len(records) == n_ok + n_error
+    assert len({r["path"] for r in rows}) == len(rows), "duplicate rows"
+    assert {r["path"] for r in rows} == {r["path"] for r in records}
+    assert list(rows[0]) == csv_columns(CLASSES, SEVERITY_TARGETS)
+    errors = [r for r in rows if r["status"] == "error"]
+    assert len(errors) == n_error and all(r["error"] for r in errors)
+    assert {Path(r["path"]).name for r in errors} == {"truncated.png", "random_bytes.jpg", "empty.png"}
+    assert any("empty" in r["error"] for r in errors)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == n_ok
+    for row in ok:
+        assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] in CLASSES and row["grade"] in {"none", "mild", "moderate", "severe"}
+        assert 0 <= int(row["brixia_total"]) <= 18 and 0 <= float(row["infected_fraction_left"]) <= 1
+        assert row["learned_brixia"]
+        assert (out / row["overlay"]).is_file() if overlays else row["overlay"] == ""
+    record = next(r for r in records if r["status"] == "ok")
+    assert set(record["severity"]) == {"from_maps", "learned"} and list(record["probabilities"]) == CLASSES
+    written = sorted((out / "overlays").glob("*.png"))
+    assert len(written) == (n_ok if overlays else 0), "overlay names must be unique"
+    return rows
+
+
+def test_folder_with_corrupt_files_gives_one_row_per_file(
+    tiny_checkpoint: Path, folder: Path, tmp_path: Path
+) -> None:
+    summary = predict(compose_predict(tiny_checkpoint, folder, tmp_path, "overlays=false", "batch_size=16"))
+    assert (summary["n_ok"], summary["n_error"], summary["n_skipped"]) == (N_PHANTOMS + 1, 3, 0)
+    assert summary["seconds_per_image"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    check_outputs(tmp_path, overlays=False)
+
+
+@pytest.mark.slow
+def test_overlays_and_resume_after_a_kill(tiny_checkpoint: Path, folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = predict(compose_predict(tiny_checkpoint, folder, out, "limit=20"))
+    assert (first["n_ok"] + first["n_error"], first["n_remaining"]) == (20, 34)
+    overlays_before = {p.name: p.stat().st_mtime_ns for p in (out / "overlays").glob("*.png")}
+
+    # Simulate a kill mid-write: a half row in each file, and one row that reached the JSONL but not the CSV.
+    extra = read_jsonl(out / "predictions.jsonl")[-1]
+    lines = (out / "predictions.csv").read_text().splitlines(keepends=True)
+    (out / "predictions.csv").write_text("".join(lines[:-1]) + lines[-1][:25])
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write('{"path": "/half/written.png", "stat')
+    unfinished = extra["path"]
+
+    second = predict(compose_predict(tiny_checkpoint, folder, out))
+    assert second["n_skipped"] == 19  # the row cut from the CSV is redone
+    assert second["n_ok"] + second["n_error"] == N_PHANTOMS + 4 - 19
+    assert second["n_remaining"] == 0
+    rows = check_outputs(out)
+    assert unfinished in {r["path"] for r in rows}
+    unchanged = [
+        name for name, t in overlays_before.items() if (out / "overlays" / name).stat().st_mtime_ns == t
+    ]
+    assert len(unchanged) >= len(overlays_before) - 1, "finished files were predicted again"
+
+    third = predict(compose_predict(tiny_checkpoint, folder, out))
+    assert (third["n_ok"], third["n_error"], third["n_skipped"]) == (0, 0, N_PHANTOMS + 4)
+    check_outputs(out)
+    retried = predict(compose_predict(tiny_checkpoint, folder, out, "retry_errors=true", "overlays=false"))
+    assert (retried["n_ok"], retried["n_error"], retried["n_skipped"]) == (0, 3, N_PHANTOMS + 1)
+    check_outputs(out)
+
+
+def test_resume_refuses_outputs_of_another_model(tmp_path: Path) -> None:
+    (tmp_path / "predictions.csv").write_text("path,status,error,label,prob_a,prob_b\n")
+    with pytest.raises(ValueError, match="another output_dir"):
+        load_finished(tmp_path, csv_columns(CLASSES, []))
+
+
+def test_load_finished_repairs_files(tmp_path: Path) -> None:
+    columns = ["path", "status", "error"]
+    (tmp_path / "predictions.csv").write_text("path,status,error\na,ok,\nb,error,bad\nc,ok,\nd,o")
+    jsonl = [{"path": p, "status": s} for p, s in (("a", "ok"), ("b", "error"), ("a", "ok"), ("d", "ok"))]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in jsonl) + "not json\n")
+    assert load_finished(tmp_path, columns) == {"a", "b"}
+    assert (tmp_path / "predictions.csv").read_text() == "path,status,error\na,ok,\nb,error,bad\n"
+    assert [r["path"] for r in read_jsonl(tmp_path / "predictions.jsonl")] == ["a", "b"]
+    assert load_finished(tmp_path, columns, retry_errors=True) == {"a"}
+
+
+def test_inputs_from_file_folder_and_glob(tmp_path: Path) -> None:
+    for name in ("a/x.png", "a/y.jpg", "b/x.png", "b/notes.txt", "b/x.dcm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    paths, root = resolve_inputs(str(tmp_path))
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a/x.png", "a/y.jpg", "b/x.dcm", "b/x.png"]
+    assert root == tmp_path.absolute()
+    names = overlay_names(paths, root)
+    assert sorted(names.values()) == ["a__x.png", "b__x_dcm.png", "b__x_png.png", "y.png"]
+    globbed, _ = resolve_inputs(f"{tmp_path}/**/x.*")
+    assert sorted(p.name for p in globbed) == ["x.dcm", "x.png", "x.png"]
+    assert resolve_inputs(str(tmp_path / "a" / "x.png"))[0] == [tmp_path.absolute() / "a" / "x.png"]
+    with pytest.raises(FileNotFoundError, match="neither a file, a folder nor a glob"):
+        resolve_inputs(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="holds no image files"):
+        resolve_inputs(f"{tmp_path}/*.txt")
+
+
+@pytest.mark.slow
+def test_command_line_writes_only_into_output_dir(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    images = [write_png(tmp_path / "in" / f"cxr{i}.png", radiograph(70, 60, seed=i)) for i in range(3)]
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "cxrnet.predict",
+        f"checkpoint={tiny_checkpoint}",
+        f"input={tmp_path / 'in'}",
+        f"output_dir={out}",
+        "batch_size=2",
+        "num_threads=2",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "3 ok, 0 error, 0 skipped" in done.stdout + done.stderr
+    assert list(cwd.iterdir()) == [], "the run must not write into the working directory"
+    assert not (out / ".hydra").exists()
+    rows = read_csv(out / "predictions.csv")
+    assert [Path(r["path"]).name for r in rows] == [p.name for p in images]
+    assert len(list((out / "overlays").glob("*.png"))) == 3
