@@ -145,8 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         console.print(escape(USAGE), highlight=False)
         return 0
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cxrnet.data.build").setLevel(logging.ERROR)  # its warnings are notes of the report
     try:
         cfg = _compose(argv)
     except Exception as exc:  # Hydra raises several types for bad overrides and missing choices
@@ -171,4 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Process-wide logging is the command's business, not main()'s (which tests call in-process).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cxrnet.data.build").setLevel(logging.ERROR)  # its warnings are notes of the report
     sys.exit(main())

@@ -142,7 +142,7 @@ class CXRNet(nn.Module):
         if self.gate_with_lungs:
             # Detached: the classifier must not be able to redraw the lungs to suit itself.
             lungs = torch.sigmoid(lung_logits).detach()
-            gate = gate * soft_dilate(lungs, max(1, round(self.lung_dilation * int(x.shape[-1]))))
+            gate = gate * soft_dilate(lungs, round(self.lung_dilation * int(x.shape[-1])))
         return apply_gate(x, gate, self.gate_fill)
 
     def forward_features(self, gated: torch.Tensor) -> torch.Tensor:
