@@ -32,7 +32,7 @@ def _zero_like(t: torch.Tensor) -> torch.Tensor:
 def dice_bce_loss(
     logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor, smooth: float = 1.0
 ) -> torch.Tensor:
-    """Soft Dice (pooled over the present items) + pixel BCE, on the items whose mask is present.
+    """Soft Dice (per item, averaged) + pixel BCE, on the items whose mask is present.
 
     Args:
         logits: B×1×H×W.
@@ -48,9 +48,11 @@ def dice_bce_loss(
     logits, target = logits[present], target[present]
     bce = F.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits)
-    intersection = (prob * target).sum()
-    dice = (2 * intersection + smooth) / (prob.sum() + target.sum() + smooth)
-    return bce + (1 - dice)
+    # Per item, so that a small lesion weighs as much as a large one; an empty target with an empty
+    # prediction scores 1, and any false positive on it is penalised.
+    intersection = (prob * target).sum(dim=(1, 2, 3))
+    dice = (2 * intersection + smooth) / (prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + smooth)
+    return bce + (1 - dice).mean()
 
 
 def classification_loss(

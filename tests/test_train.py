@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,47 +39,50 @@ def _assert_run_files(out: Path) -> dict[str, float]:
     return metrics
 
 
+# Big enough for every head to learn on a 2-core CPU in about a minute and a half: 96 px phantoms at low
+# difficulty, 384 training items, 8 epochs of the tiny two-encoder network.
+LEARNING_RUN = [
+    "data.image_size=96",
+    "data.options.n_val=32",
+    "data.options.n_test=48",
+    "data.options.difficulty=0.0",
+    "optimizer.lr=3e-3",
+]
+
+
 @pytest.mark.slow
 def test_every_head_learns_far_beyond_chance(tiny_train_cfg: Callable[..., DictConfig]) -> None:
-    cfg = tiny_train_cfg(
-        "data.options.n_val=32",
-        "data.options.n_test=48",
-        "data.options.difficulty=0.3",
-        "optimizer.lr=3e-3",
-        n_train=256,
-        epochs=6,
-    )
+    cfg = tiny_train_cfg(*LEARNING_RUN, n_train=384, epochs=8)
     metrics = train(cfg)
     out = Path(cfg.output_dir)
     assert metrics == json.loads((out / "metrics.json").read_text())
     _assert_run_files(out)
-    # Chance: macro-F1 ≈ 0.25 for 4 balanced classes; Dice of a constant guess ≈ the mask's area share.
-    assert metrics["test/lung/dice"] > 0.85
-    assert metrics["test/infection/dice"] > 0.4
-    assert metrics["test/cls/macro_f1"] > 0.6
-    assert metrics["test/cls/auroc"] > 0.8
-    # The learned severity head beats always predicting the midpoint of each scale by a wide margin.
-    assert metrics["test/severity/mae/brixia"] < 3.0
+    # Chance: macro-F1 ≈ 0.25 and AUROC 0.5 for 4 balanced classes; a random infection map scores a Dice
+    # below 0.1, and even calling every lung pixel infected stays under 0.45 on these phantoms.
+    assert metrics["test/lung/dice"] > 0.9
+    assert metrics["test/infection/dice"] > 0.55
+    assert metrics["test/cls/macro_f1"] > 0.65
+    assert metrics["test/cls/auroc"] > 0.85
+    # The best constant guess (the median, 5) has a Brixia MAE of 3.0 on these phantoms.
+    assert metrics["test/severity/mae/brixia"] < 2.5
 
 
 @pytest.mark.slow
 def test_partial_labels_every_head_learns(tiny_train_cfg: Callable[..., DictConfig]) -> None:
+    """A third of the training items have only a class label, a third only masks, a third everything."""
     cfg = tiny_train_cfg(
+        *LEARNING_RUN,
         "data.options.label_only_fraction=0.34",
         "data.options.mask_only_fraction=0.33",
-        "data.options.n_val=32",
-        "data.options.n_test=48",
-        "data.options.difficulty=0.3",
-        "optimizer.lr=3e-3",
-        n_train=256,
-        epochs=6,
+        n_train=384,
+        epochs=8,
     )
     metrics = train(cfg)
-    assert metrics["test/lung/dice"] > 0.8
-    assert metrics["test/infection/dice"] > 0.3
-    assert metrics["test/cls/macro_f1"] > 0.5
-    for value in metrics.values():
-        assert value == value, "NaN in metrics"
+    assert metrics["test/lung/dice"] > 0.85
+    assert metrics["test/infection/dice"] > 0.5
+    assert metrics["test/cls/macro_f1"] > 0.6
+    assert metrics["test/cls/auroc"] > 0.85
+    assert all(math.isfinite(value) for value in metrics.values())
 
 
 def test_checkpoint_alone_rebuilds_identical_outputs(tiny_train_cfg: Callable[..., DictConfig]) -> None:

@@ -19,6 +19,7 @@ from cxrnet.models.encoders import build_encoder, build_segmentation_model
 from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, soft_dilate
 
 MAP_NAMES = ("lung", "infection", "explanation")
+EXPLANATION_INIT_BIAS = 2.0
 
 
 class CXRNetOutput(NamedTuple):
@@ -107,6 +108,7 @@ class CXRNet(nn.Module):
         self.decoder = segmenter.decoder
         self.segmentation_head = segmenter.segmentation_head
         self.output_stride = 2 ** len(self.encoder.out_channels[1:])
+        self._open_explanation_gate(EXPLANATION_INIT_BIAS)
 
         self.classifier_encoder = build_encoder(classifier_encoder or encoder, pretrained=pretrained)
         features = self.classifier_encoder.out_channels[-1]
@@ -116,6 +118,13 @@ class CXRNet(nn.Module):
             if severity_targets
             else None
         )
+
+    def _open_explanation_gate(self, bias: float) -> None:
+        # The gate starts mostly open (sigmoid(2) ≈ 0.88): early on, encoder 2 sees nearly the whole image and
+        # learns the classes quickly; the area penalty then closes the gate where the decision needs nothing.
+        conv = next(m for m in self.segmentation_head.modules() if isinstance(m, nn.Conv2d))
+        with torch.no_grad():
+            conv.bias[MAP_NAMES.index("explanation")] = bias
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with a fix when ``x`` is not B×1×H×W with H, W divisible by the output stride."""
