@@ -28,7 +28,8 @@ class CXRNetOutput(NamedTuple):
     Attributes:
         lung_logits: B×1×H×W lung-mask logits.
         infection_logits: B×1×H×W infection-map logits.
-        explanation: B×1×H×W explanation map in [0, 1] (the gate encoder 2 saw, before lung gating).
+        explanation: B×1×H×W explanation map in [0, 1]: the gate encoder 2 saw the image through (including
+            the lung fields when the model gates with them).
         class_logits: B×C class logits.
         severity: B×K severity scores in their own units, or ``None`` without a severity head.
     """
@@ -145,14 +146,17 @@ class CXRNet(nn.Module):
         """Encoder 1 → decoder → B×3×H×W logits of (lung, infection, explanation)."""
         return self.segmentation_head(self.decoder(self.encoder(x)))
 
+    def gate_map(self, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
+        """The effective B×1×H×W gate: the explanation map, times the dilated lung fields with ``gate_with_lungs``."""
+        if not self.gate_with_lungs:
+            return explanation
+        # Detached: the classifier must not be able to redraw the lungs to suit itself.
+        lungs = torch.sigmoid(lung_logits).detach()
+        return explanation * soft_dilate(lungs, round(self.lung_dilation * int(explanation.shape[-1])))
+
     def gate(self, x: torch.Tensor, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
         """The image as encoder 2 sees it: gated by the explanation (and the dilated lung fields)."""
-        gate = explanation
-        if self.gate_with_lungs:
-            # Detached: the classifier must not be able to redraw the lungs to suit itself.
-            lungs = torch.sigmoid(lung_logits).detach()
-            gate = gate * soft_dilate(lungs, round(self.lung_dilation * int(x.shape[-1])))
-        return apply_gate(x, gate, self.gate_fill)
+        return apply_gate(x, self.gate_map(lung_logits, explanation), self.gate_fill)
 
     def forward_features(self, gated: torch.Tensor) -> torch.Tensor:
         """Encoder 2 on a gated image: B×1×H×W → deepest feature map B×F×h×w."""
@@ -169,9 +173,10 @@ class CXRNet(nn.Module):
             self.check_input(x)
         maps = self.segment(x)
         lung_logits, infection_logits, explanation_logits = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
-        explanation = torch.sigmoid(explanation_logits)
+        # The explanation returned is the effective gate: exactly what encoder 2 was allowed to see.
+        explanation = self.gate_map(lung_logits, torch.sigmoid(explanation_logits))
         class_logits, severity = self.forward_heads(
-            self.forward_features(self.gate(x, lung_logits, explanation))
+            self.forward_features(apply_gate(x, explanation, self.gate_fill))
         )
         return CXRNetOutput(lung_logits, infection_logits, explanation, class_logits, severity)
 

@@ -77,6 +77,12 @@ def test_gate_with_lungs_removes_everything_outside_the_lungs() -> None:
     gated = net.gate(x, lung_logits, torch.ones_like(x))
     assert float(gated[..., :10, :].abs().max()) < 1e-6 and float(gated[..., 30:, :].abs().max()) < 1e-6
     torch.testing.assert_close(gated[..., 10:30, 10:30], x[..., 10:30, 10:30])
+    # The explanation users get is this effective gate, not the raw map: outside the lungs it is zero.
+    gate = net.gate_map(lung_logits, torch.ones_like(x))
+    assert float(gate[..., :10, :].max()) < 1e-6 and float(gate[..., 10:30, 10:30].min()) > 0.99
+    out = net.eval()(x)
+    lungs = torch.sigmoid(out.lung_logits)
+    assert torch.all(out.explanation <= lungs.amax() + 1e-6)
 
 
 def test_size_not_divisible_by_32_says_how_to_pad() -> None:
