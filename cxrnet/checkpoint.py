@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.models.cxrnet import CXRNet, create_model
@@ -105,6 +106,23 @@ def load_network(path: str | Path) -> tuple[CXRNet, dict[str, Any]]:
 def preprocessing_of(meta: dict[str, Any]) -> Preprocessing:
     """The :class:`Preprocessing` stored in checkpoint metadata."""
     return Preprocessing(**meta["preprocessing"])
+
+
+def data_config_for_checkpoint(data: DictConfig, meta: dict[str, Any], seed: int | None) -> DictConfig:
+    """A resolved copy of a data config made to feed the checkpoint's network.
+
+    The input size, normalisation and classes come from the checkpoint (the user only names the data), training
+    augmentation is off, and ``seed`` fixes the split (0 when ``None``).
+    """
+    config = OmegaConf.create(OmegaConf.to_container(data, resolve=True))
+    preprocessing = preprocessing_of(meta)
+    with open_dict(config):
+        config.image_size = preprocessing.image_size
+        config.mean, config.std = preprocessing.mean, preprocessing.std
+        config.classes = list(meta["classes"])
+        config.augment = "none"
+        config.seed = 0 if seed is None else seed
+    return config
 
 
 def save_checkpoint(

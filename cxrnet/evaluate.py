@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxrnet.checkpoint import load_network, preprocessing_of
+from cxrnet.checkpoint import data_config_for_checkpoint, load_network
 from cxrnet.data.dataset import CXRDataset
 from cxrnet.data.records import Record
 from cxrnet.devices import resolve_device
@@ -80,17 +80,11 @@ def data_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
         raise ValueError(
             f"data={cfg.data.get('name')} needs {', '.join(f'{k}=...' for k in missing)} on the command line"
         )
-    data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
-    preprocessing = preprocessing_of(meta)
     seed = cfg.seed if cfg.seed is not None else _stored_data_seed(meta)
+    data = data_config_for_checkpoint(cfg.data, meta, seed)
     references = [*data.get("severity_targets", []), *meta.get("severity_targets", []), *MAP_ESTIMATES]
     with open_dict(data):
-        data.image_size = preprocessing.image_size
-        data.mean, data.std = preprocessing.mean, preprocessing.std
-        data.classes = list(meta["classes"])
         data.severity_targets = list(dict.fromkeys(references))
-        data.augment = "none"
-        data.seed = 0 if seed is None else seed
     return data
 
 

@@ -37,22 +37,13 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Subset
 
-from cxrnet.checkpoint import load_network, preprocessing_of
+from cxrnet.checkpoint import data_config_for_checkpoint, load_network
 from cxrnet.data.dataset import collate
+from cxrnet.devices import resolve_device
 from cxrnet.explain import EXPLAINERS, get_explainer
 from cxrnet.explain.metrics import explanation_scores
 
 log = logging.getLogger(__name__)
-
-
-def _configure_data(cfg: DictConfig, meta: dict[str, Any]) -> None:
-    """Make the data config describe the model's inputs: size, normalisation and classes of the checkpoint."""
-    preprocessing = preprocessing_of(meta)
-    with open_dict(cfg):
-        cfg.data.image_size = preprocessing.image_size
-        cfg.data.mean = preprocessing.mean
-        cfg.data.std = preprocessing.std
-        cfg.data.classes = list(meta["classes"])
 
 
 def _aggregate(rows: list[dict[str, float]]) -> dict[str, dict[str, float | int | None]]:
@@ -91,10 +82,10 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
     if unknown or not methods:
         raise ValueError(f"unknown explanation methods {unknown}; valid: {', '.join(EXPLAINERS)}")
     net, meta = load_network(cfg.checkpoint)
-    device = torch.device(cfg.get("device", "cpu"))
+    device = resolve_device(cfg.get("device", "cpu"))
     net.to(device)
-    _configure_data(cfg, meta)
-
+    with open_dict(cfg):  # the config then records what was actually evaluated
+        cfg.data = data_config_for_checkpoint(cfg.data, meta, cfg.get("seed"))
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("test")
     if cfg.split not in datamodule.datasets:
