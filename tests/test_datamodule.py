@@ -181,13 +181,9 @@ def test_labels_outside_classes_fail_with_a_hint_or_are_excluded(tmp_path: Path)
     with pytest.raises(
         ValueError, match=r"'tuberculosis' of .*MCUCXR_000\d_1\.png is not one of data.classes"
     ):
-        make_dm("montgomery", root, classes=["normal", "covid19"])
-    dm = make_dm(
-        "montgomery",
-        root,
-        classes=["normal", "covid19"],
-        on_unknown_label="exclude",
-        split_fractions={"train": 1.0},
+        make_dm("montgomery", root, classes=["normal", "covid19"], on_unknown_label="error")
+    dm = make_dm(  # the default: excluded and counted, never a stop
+        "montgomery", root, classes=["normal", "covid19"], split_fractions={"train": 1.0, "val": 0, "test": 0}
     )
     assert len(dm.datasets["train"]) == 1
     assert sorted(i.kind for i in dm.report.problems) == ["label not in classes"] * 2
@@ -236,7 +232,7 @@ def test_cached_datamodule_reads_no_source_file_on_the_second_run(
     first.setup("fit")
     expected = next(iter(first.test_dataloader()))
     calls = []
-    monkeypatch.setattr(cxr_io, "read_image", lambda path: calls.append(path))
+    monkeypatch.setattr(cxr_io, "read_image_noting", lambda path, **kwargs: calls.append(path))
     second = CXRDataModule(
         name="covid_qu_ex",
         root=str(root),

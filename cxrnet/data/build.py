@@ -34,7 +34,7 @@ from cxrnet.data.sources import get_source
 from cxrnet.data.sources._common import check_choice
 from cxrnet.data.splits import DEFAULT_FRACTIONS, DUPLICATE_MAX_DISTANCE, find_near_duplicates, patient_split
 
-__all__ = ["ON_ERROR", "DataBuild", "SourceSpec", "build_splits", "source_specs"]
+__all__ = ["ON_ERROR", "DataBuild", "SourceSpec", "build_splits", "check_options", "source_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,35 @@ class SourceSpec:
         values = {**dict(entry), "root": str(root), "options": dict(entry.get("options") or {})}
         if values.get("label_map") is not None:
             values["label_map"] = dict(values["label_map"])
+        check_options(str(entry["name"]), values["options"], get_source(str(entry["name"])))
         return cls(**values)
+
+
+# Reader arguments the data config sets itself, not through ``options``.
+_SET_BY_DATA = ("root", "label_map", "on_unknown_label")
+
+
+def check_options(
+    name: str,
+    options: Mapping[str, Any],
+    reader: Callable[..., Any],
+    set_by_data: Sequence[str] = _SET_BY_DATA,
+) -> None:
+    """Raise ``ValueError`` listing the valid options when ``options`` has a key the reader does not take.
+
+    Runs before any file is read, so that a misspelt ``data.options.<key>`` fails at once.
+    """
+    parameters = inspect.signature(reader).parameters
+    valid = sorted(
+        p
+        for p in parameters
+        if p not in set_by_data and parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
+    )
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"data.options for {name!r} has unknown keys {unknown}; valid: {', '.join(valid) or 'none'}"
+        )
 
 
 def source_specs(
@@ -106,7 +134,7 @@ def source_specs(
     """
     if sources:
         return [SourceSpec.from_mapping(entry, base=root) for entry in sources]
-    get_source(name)
+    check_options(name, dict(options or {}), get_source(name))
     if not root:
         raise ValueError(f"dataset {name!r} needs its folder: pass data.root=<dir> on the command line")
     return [SourceSpec(name, str(root), dict(options or {}), None if label_map is None else dict(label_map))]
@@ -221,10 +249,54 @@ def _duplicate_groups(
     return groups, merged, issues
 
 
+def _cross_validation_split(
+    records: list[Record],
+    fractions: Mapping[str, float],
+    seed: int,
+    groups: Sequence[set[int]],
+    folds: int,
+    fold: int,
+) -> tuple[dict[str, list[Record]], list[str]]:
+    """Fold ``fold`` of ``folds`` stratified patient-level folds is the test split; the rest is train + val."""
+    free = [replace(r, split=None) for r in records]
+    original = {id(f): r for f, r in zip(free, records)}
+    dealt = patient_split(
+        free, {f"fold{k}": 1 / folds for k in range(folds)}, seed=seed, duplicate_groups=groups
+    )
+    test = dealt[f"fold{fold}"]
+    test_ids = {id(r) for r in test}
+    rest = [r for r in free if id(r) not in test_ids]
+    share = {name: fractions.get(name, 0.0) for name in ("train", "val")}
+    total = sum(share.values()) or 1.0
+    index = {id(r): i for i, r in enumerate(rest)}
+    rest_groups = [{index[id(free[i])] for i in g if id(free[i]) in index} for g in groups]
+    rest_groups = [g for g in rest_groups if len(g) > 1]
+    inner = patient_split(
+        rest, {name: v / total for name, v in share.items()}, seed=seed, duplicate_groups=rest_groups
+    )
+    splits = {"train": inner.get("train", []), "val": inner.get("val", []), "test": test}
+    splits = {name: [original[id(r)] for r in members] for name, members in splits.items()}
+    note = (
+        f"cross-validation fold {fold} of {folds}: test = fold {fold} ({len(test)} images), "
+        f"train/val = the other folds in the ratio {share['train']:g}:{share['val']:g}; official splits ignored"
+    )
+    return splits, [note]
+
+
 def _split(
-    records: list[Record], fractions: Mapping[str, float], seed: int, groups: Sequence[set[int]]
+    records: list[Record],
+    fractions: Mapping[str, float],
+    seed: int,
+    groups: Sequence[set[int]],
+    folds: int | None = None,
+    fold: int = 0,
 ) -> tuple[dict[str, list[Record]], list[str]]:
     """Patient-level split; the tiny-dataset rule of the module docstring when a requested split is empty."""
+    if folds is not None:
+        splits, notes = _cross_validation_split(records, fractions, seed, groups, folds, fold)
+        if not splits["train"]:
+            raise ValueError(f"no training items in cross-validation fold {fold} of {folds}")
+        return splits, notes
     splits = patient_split(records, fractions, seed=seed, duplicate_groups=groups)
     notes = []
     if splits.report.official_conflicts:
@@ -279,6 +351,8 @@ def build_splits(
     workers: int = 0,
     collect: bool = False,
     progress: Progress | None = None,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> DataBuild:
     """Read, scan, de-duplicate and split the given sources (see the module docstring).
 
@@ -295,6 +369,8 @@ def build_splits(
         collect: list every problem instead of stopping at the first (what ``cxrnet.data.check`` does):
             unknown labels and missing files are excluded, unreadable items skipped, the scan always runs.
         progress: called with (done, total) during the scan.
+        folds, fold: patient-level cross-validation: fold ``fold`` of ``folds`` stratified folds is the test
+            split, the other folds are split into train and val in the ratio of ``fractions``; ``None``: off.
 
     Returns:
         :class:`DataBuild` with records per split, the report and the image hashes.
@@ -333,7 +409,7 @@ def build_splits(
                 f"no usable items in {', '.join(s.root for s in specs)} "
                 f"({len(issues)} issues; run python -m cxrnet.data.check to list them)"
             )
-        splits, said = _split(records, fractions, seed, groups)
+        splits, said = _split(records, fractions, seed, groups, folds, fold)
     except ValueError as exc:
         if not collect:
             raise

@@ -35,7 +35,7 @@ import numpy as np
 
 from cxrnet.data import io
 from cxrnet.data.records import RawItem, Record
-from cxrnet.data.report import KIND_MASK_SIZE, KIND_NON_BINARY, KIND_UNREADABLE, Issue
+from cxrnet.data.report import KIND_MASK_SIZE, KIND_NON_BINARY, KIND_TRUNCATED, KIND_UNREADABLE, Issue
 from cxrnet.data.splits import image_hash
 from cxrnet.data.transforms import letterbox
 
@@ -87,7 +87,8 @@ def _read_mask(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, list[Issu
         return io.read_mask(path, shape=shape, strict=True), []
     except io.ImageReadError:
         pass
-    issues = [Issue(KIND_NON_BINARY, path, problem) for problem in io.mask_problems(path)]
+    # thresholded at half range and used (JPEG-saved masks with a grey edge are common): a warning
+    issues = [Issue(KIND_NON_BINARY, path, problem, problem=False) for problem in io.mask_problems(path)]
     try:
         return io.read_mask(path, shape=shape), issues
     except io.ImageReadError as exc:
@@ -102,18 +103,18 @@ def read_item(record: Record) -> ReadItem:
     """Read a record's image and masks at full size, noting every issue on the way.
 
     Reads like :func:`cxrnet.data.io.load_record` (same pixels) but also computes the image hash and lists
-    non-binary masks instead of thresholding them silently.
+    non-binary masks and files read despite a truncation instead of passing over them silently.
 
     Raises:
         ItemReadError: the image or a mask cannot be read, or a mask's size differs from the image's; the
             message names the file and the reason.
     """
     try:
-        image = io.read_image(record.path)
+        image, notes = io.read_image_noting(record.path)
     except io.ImageReadError as exc:
         raise ItemReadError(exc.path, exc.reason, KIND_UNREADABLE) from None
     shape = (int(image.shape[0]), int(image.shape[1]))
-    issues: list[Issue] = []
+    issues = [Issue(KIND_TRUNCATED, record.path, note, problem=False) for note in notes]
     lung = None
     for mask_path in record.lung_mask:
         part, found = _read_mask(mask_path, shape)

@@ -5,9 +5,10 @@ image and mask once, and prints per split and class the number of images, patien
 masks and severity scores, then every issue with its file:
 
 * problems: unreadable or missing files (also files named in a CSV / label file but absent), masks whose size
-  differs from the image, non-binary masks, unknown labels, labels that are not one of ``data.classes``;
+  differs from the image, unknown labels, labels that are not one of ``data.classes``;
 * warnings: near-duplicate images whose patients were merged into one split unit, items a reader leaves out
-  by design (lateral views, labels mapped to ``null``, ...).
+  by design (lateral views, labels mapped to ``null``, ...), non-binary masks (thresholded at half range and
+  used), files that end early but decode whole (read; see :data:`cxrnet.data.io.MAX_MISSING_ROWS`).
 
 Unlike training, the check never stops at the first problem: unknown labels and missing files are excluded,
 unreadable items skipped, and all are listed. With ``data.cache_dir`` set it fills the training cache on the way.
@@ -37,8 +38,8 @@ from rich.table import Table
 
 from cxrnet.data.build import build_splits, source_specs
 from cxrnet.data.cache import DataCache
-from cxrnet.data.report import COUNT_FIELDS, DataReport, Issue
-from cxrnet.data.splits import DUPLICATE_MAX_DISTANCE
+from cxrnet.data.report import COUNT_FIELDS, DETAILED_KINDS, DataReport, Issue
+from cxrnet.data.splits import DUPLICATE_MAX_DISTANCE, check_folds, check_fractions
 
 __all__ = ["check", "main", "render"]
 
@@ -73,9 +74,13 @@ def check(cfg: DictConfig, console: Console | None = None) -> DataReport:
         container.get("label_map"),
         container.get("sources"),
     )
+    check_fractions(container.get("split_fractions"))
+    check_folds(container.get("folds"), int(container.get("fold", 0) or 0))
     cache_dir = container.get("cache_dir")
     kwargs = {
         "fractions": container.get("split_fractions"),
+        "folds": container.get("folds"),
+        "fold": int(container.get("fold", 0) or 0),
         "seed": int(container.get("seed", 0)),
         "on_unknown_label": container.get("on_unknown_label", "error"),
         "cache": DataCache(cache_dir, int(container["image_size"])) if cache_dir else None,
@@ -119,7 +124,12 @@ def render(report: DataReport, console: Console, max_listed: int = 50) -> None:
         for issue in issues:
             by_kind[issue.kind].append(issue)
         for kind, members in by_kind.items():
-            console.print(f"  [{colour}]{escape(kind)}[/{colour}] ({len(members)})")
+            counted = ""
+            if kind in DETAILED_KINDS:
+                counted = ": " + ", ".join(
+                    f"{d or '(blank)'} {n}" for d, n in report.detail_counts(kind).items()
+                )
+            console.print(f"  [{colour}]{escape(kind)}[/{colour}] ({len(members)}){escape(counted)}")
             for issue in members[:max_listed]:
                 detail = f": {escape(issue.detail)}" if issue.detail else ""
                 console.print(f"    {escape(issue.path)}{detail}", soft_wrap=True, highlight=False)

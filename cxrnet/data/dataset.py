@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrnet.data.records import RawItem, Record
-from cxrnet.data.transforms import Preprocessing, augment, letterbox
+from cxrnet.data.transforms import Preprocessing, augment, letterbox, seed_augmentation
 
 Item = RawItem | Record
 Loader = Callable[[Record], RawItem]
@@ -36,6 +36,10 @@ class CXRDataset(Dataset):
         severity_targets: names of the severity scores to put in ``severity``, in order.
         transform: albumentations pipeline applied after letterboxing (training only), or ``None``.
         loader: reads a :class:`Record` into a :class:`RawItem` (default: ``cxrnet.data.io.load_record``).
+
+    Augmentation is reproducible once :meth:`set_epoch` has been called (the training callback
+    :class:`cxrnet.callbacks.TrainingRandomState` does so every epoch): each sample is then augmented from its
+    ``(seed, epoch, index)`` alone. Before that, the pipeline draws from its own, unseeded generators.
     """
 
     def __init__(
@@ -54,6 +58,9 @@ class CXRDataset(Dataset):
         self.severity_targets = list(severity_targets)
         self.transform = transform
         self._loader = loader
+        # (seed, epoch) of the augmentation, in shared memory so that persistent DataLoader workers see each
+        # new epoch; created by the first set_epoch, None until then.
+        self._augmentation_state: torch.Tensor | None = None
         for item in self.items:
             self._check_label(item.label, _path_of(item))
 
@@ -78,6 +85,18 @@ class CXRDataset(Dataset):
             counts[self.classes[label] if label >= 0 else "unlabelled"] += 1
         return f"{type(self).__name__}(n={len(self)}, classes={counts}, size={self.preprocessing.image_size})"
 
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Augment every later sample from ``(seed, epoch, index)`` alone (see
+        :func:`~cxrnet.data.transforms.seed_augmentation`).
+
+        Call it in the main process before the epoch's DataLoader iterator is created; workers, persistent or
+        not, read the shared value.
+        """
+        if self._augmentation_state is None:
+            self._augmentation_state = torch.tensor([seed, epoch], dtype=torch.int64).share_memory_()
+        else:
+            self._augmentation_state.copy_(torch.tensor([seed, epoch], dtype=torch.int64))
+
     def load(self, index: int) -> RawItem:
         """The item's pixels at their own size."""
         item = self.items[index]
@@ -98,6 +117,9 @@ class CXRDataset(Dataset):
         infection = (
             letterbox(raw.infection_mask, size, is_mask=True) if raw.infection_mask is not None else empty
         )
+        if self.transform is not None and self._augmentation_state is not None:
+            seed, epoch = self._augmentation_state.tolist()
+            seed_augmentation(self.transform, seed, epoch, index)
         image, (lung, infection) = augment(self.transform, image, [lung, infection])
         image = (image - self.preprocessing.mean) / self.preprocessing.std
         severity = [float(raw.severity.get(name, float("nan"))) for name in self.severity_targets]

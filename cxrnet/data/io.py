@@ -18,12 +18,22 @@ Conventions (the same for every dataset):
   and clips outside it), or else min-max over the image; MONOCHROME1 is inverted last so that
   bone is always bright. Multi-frame files are refused.
 * No EXIF rotation is applied: pixels are returned as stored, so masks stored alongside stay aligned.
+
+Every reader is bounded: an image larger than :data:`MAX_IMAGE_PIXELS` (PNG, JPEG, TIFF, BMP, 16-bit colour
+PNG through OpenCV, DICOM of any transfer syntax, deflated DICOM included) is refused from its header, before
+its pixels are decoded; a DICOM header whose geometry cannot describe its pixel data is refused too. Only
+regular files are opened (a FIFO or a device would block the reader).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import stat
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +43,21 @@ from PIL import Image, UnidentifiedImageError
 from cxrnet.data.records import RawItem, Record
 
 __all__ = [
+    "DICOM_MAX_ASPECT",
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_PIXELS_ENV",
+    "MAX_MISSING_ROWS",
     "ImageReadError",
+    "TruncatedImageWarning",
     "check_record",
     "find_images",
     "is_dicom",
     "load_record",
     "mask_problems",
+    "max_image_pixels",
     "read_image",
+    "read_image_noting",
     "read_mask",
 ]
 
@@ -48,6 +65,38 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 )
 """Lower-case suffixes :func:`find_images` treats as images (suffix-less DICOM files are found too)."""
+
+MAX_MISSING_ROWS = 0.02
+"""Largest share of image rows a truncated file may lack and still be read (with a warning).
+
+Public collections hold JPEGs that end a few bytes early (the covid-chestxray-dataset has one that ends 26
+bytes short): viewers and OpenCV show them whole, and dropping them loses annotated films. A file cut
+in half, by contrast, decodes to a flat grey lower half and is refused.
+"""
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image, in pixels (height x width), that any reader decodes: 67 megapixels.
+
+Chest radiographs are at most about 4300 x 4300 (18 megapixels); a file announcing more is a scan of
+something else or a decompression bomb (a 1 MB PNG can announce 14000 x 14000 16-bit RGB: 1.2 GB once
+decoded, several GB as float). Such files are refused from their header, before any pixel is decoded, with an
+:class:`ImageReadError` naming the file, its size and the limit. Per call, pass ``max_pixels=`` to
+:func:`read_image` / :func:`read_mask`; for a whole run (DataLoader workers and subprocesses included) set the
+environment variable :data:`MAX_IMAGE_PIXELS_ENV`. Decoding needs up to about 24 bytes per pixel at the peak
+(16-bit RGB: stored pixels, their float copy and the result), so the default bounds one decode to ~1.6 GB.
+"""
+
+MAX_IMAGE_PIXELS_ENV = "CXRNET_MAX_IMAGE_PIXELS"
+"""Environment variable that replaces :data:`MAX_IMAGE_PIXELS` (a positive integer number of pixels)."""
+
+DICOM_MAX_ASPECT = 16.0
+"""Longest-to-shortest side ratio above which a DICOM's Rows/Columns are taken to lie.
+
+Uncompressed DICOM pixel data is a flat run of values: only the Rows and Columns elements give it a shape,
+so a 256 x 256 image whose header says 16384 x 4 decodes without error into a strip. No radiograph is that
+shape (stitched full-leg films are about 1:4), so such a header is refused rather than read as a nonsense
+image.
+"""
 
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -67,36 +116,128 @@ class ImageReadError(ValueError):
         super().__init__(f"cannot read {self.path}: {reason}")
 
 
+class TruncatedImageWarning(UserWarning):
+    """An image file ends early but decodes (almost) whole; it is read, and a data report lists it."""
+
+
 @dataclass
 class _Raster:
-    """Pixels as stored: HxW or HxWxC, native dtype; ``channels`` names the layout."""
+    """Pixels as stored: HxW or HxWxC, native dtype; ``channels`` names the layout.
+
+    ``notes`` lists what was recovered on the way (a truncated file read anyway), without the path.
+    """
 
     pixels: np.ndarray
     channels: str  # "L", "LA", "RGB" or "RGBA"
+    notes: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------- images
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
     """Read a radiograph as float32 HxW in [0, 1].
 
     Args:
         path: PNG, JPEG, BMP, TIFF (8/16-bit, grayscale, RGB, RGBA, palette) or DICOM file.
+        max_pixels: largest height x width to decode; ``None`` uses :func:`max_image_pixels`.
 
     Returns:
         float32 array of shape HxW with values in [0, 1] (see the module docstring for the conventions).
 
+    Warns:
+        TruncatedImageWarning: the file ends early but decodes with at most :data:`MAX_MISSING_ROWS` of its
+            rows missing; the image is returned.
+
     Raises:
-        ImageReadError: the file is missing, empty, truncated, corrupt, of an unsupported format, or holds
-            more than one 2D frame.
+        ImageReadError: the file is missing, empty, not a regular file, larger than the pixel limit, truncated
+            beyond recovery, corrupt, of an unsupported format, or holds more than one 2D frame; a DICOM whose
+            Rows/Columns cannot describe its pixel data. Whatever the decoder raised, the file is named.
+        ValueError: ``max_pixels`` or :data:`MAX_IMAGE_PIXELS_ENV` is not a positive whole number.
+    """
+    image, notes = read_image_noting(path, max_pixels=max_pixels)
+    for note in notes:
+        warnings.warn(TruncatedImageWarning(f"{path}: {note}"), stacklevel=2)
+    return image
+
+
+def read_image_noting(
+    path: str | os.PathLike[str], *, max_pixels: int | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`read_image`, returning what was recovered on the way instead of warning.
+
+    Data scans use this (from several threads, where catching warnings is not safe) to list recovered files
+    in their report.
+
+    Returns:
+        ``(image, notes)``: the float32 HxW image and human-readable notes without the path, e.g.
+        ``"file ends early (image file is truncated (26 bytes not processed)); read anyway, 0 of 776 rows
+        missing"``.
     """
     path = Path(path)
-    if is_dicom(path):
-        image = _read_dicom_image(path)
-    else:
-        image = _to_unit_gray(_read_raster(path))
-    return np.ascontiguousarray(image, dtype=np.float32)
+    limit = max_image_pixels(max_pixels)
+    with _decoding(path):
+        if is_dicom(path):
+            return np.ascontiguousarray(_read_dicom_image(path, limit), dtype=np.float32), []
+        raster = _read_raster(path, limit)
+        return np.ascontiguousarray(_to_unit_gray(raster), dtype=np.float32), list(raster.notes)
+
+
+def max_image_pixels(override: int | None = None) -> int:
+    """The pixel limit in force: ``override``, else :data:`MAX_IMAGE_PIXELS_ENV`, else the module constant.
+
+    Raises:
+        ValueError: the override or the environment variable is not a positive integer.
+    """
+    if override is None:
+        setting = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+        if not setting:
+            return int(MAX_IMAGE_PIXELS)
+        try:
+            override = int(setting.replace("_", ""))
+        except ValueError:
+            override = 0
+        if override <= 0:
+            raise ValueError(
+                f"{MAX_IMAGE_PIXELS_ENV}={setting!r} is not a positive whole number of pixels "
+                f"(e.g. {MAX_IMAGE_PIXELS_ENV}=100000000 for 100 megapixels); unset it for the default "
+                f"{MAX_IMAGE_PIXELS}"
+            )
+        return override
+    if int(override) <= 0:
+        raise ValueError(f"max_pixels={override!r} must be a positive number of pixels")
+    return int(override)
+
+
+def _check_size(path: Path, height: int, width: int, limit: int) -> None:
+    """Refuse an image announcing more than ``limit`` pixels, before anything is decoded."""
+    if height * width > limit:
+        raise ImageReadError(
+            path,
+            f"image is {height}x{width} (HxW), {height * width / 1e6:.1f} megapixels, above the limit of "
+            f"{limit / 1e6:.1f} megapixels ({limit} pixels); refused before decoding (a decompression bomb, "
+            "or far larger than any radiograph). If the file is genuine, raise the limit with "
+            f"{MAX_IMAGE_PIXELS_ENV}=<pixels> or read_image(..., max_pixels=<pixels>)",
+        )
+
+
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn any decoder failure into an :class:`ImageReadError` naming the file.
+
+    Pillow, OpenCV, pydicom and zlib raise many exception types on malformed input; a caller that skips
+    unreadable files (``data.on_error=skip``, predict) must be able to rely on a single one.
+    """
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(
+            path, "ran out of memory while decoding it; lower the pixel limit or free memory"
+        ) from None
+    except Exception as exc:
+        raise ImageReadError(path, f"the decoder failed ({type(exc).__name__}: {exc})") from exc
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
@@ -105,6 +246,8 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
     if path.suffix.lower() in _DICOM_SUFFIXES:
         return True
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would block until a writer appears
+            return False
         with open(path, "rb") as handle:
             head = handle.read(132)
     except OSError:
@@ -117,17 +260,34 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(path, "file does not exist (check the dataset root and the file name)")
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
-    if path.stat().st_size == 0:
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(
+            path,
+            "is not a regular file (a FIFO, socket or device, which would block the reader); pass an image "
+            "file",
+        )
+    if info.st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes); re-copy or re-download it")
 
 
-def _read_raster(path: Path) -> _Raster:
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_raster(path: Path, limit: int) -> _Raster:
     """Decode a non-DICOM image to its stored pixels, keeping 16-bit precision."""
     _check_file(path)
-    if _is_16bit_colour_png(path):
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if head[:8] == _PNG_MAGIC and len(head) == 26:
+        # The IHDR size is checked before Pillow or OpenCV allocate anything; OpenCV has no limit of its own.
+        width, height = struct.unpack(">II", head[16:24])
+        _check_size(path, height, width, limit)
+    if _is_16bit_colour_png(head):
         return _read_16bit_colour_png(path)
     try:
         with Image.open(path) as im:
+            _check_size(path, im.height, im.width, limit)
             frames = getattr(im, "n_frames", 1)
             if frames > 1 and im.format != "MPO":
                 raise ImageReadError(
@@ -141,10 +301,38 @@ def _read_raster(path: Path) -> _Raster:
             f"unsupported or unrecognised image format (suffix {path.suffix!r}); "
             "cxrnet reads PNG, JPEG, BMP, TIFF and DICOM",
         ) from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (PIL.Image.MAX_IMAGE_PIXELS) fired while opening, before cxrnet saw the size.
+        raise ImageReadError(
+            path,
+            f"{exc}; refused before decoding. Both Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS) and cxrnet's "
+            f"({limit} pixels, {MAX_IMAGE_PIXELS_ENV}) apply; raise both if the file is genuine",
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageReadError):
             raise
+        if "truncated" in str(exc):
+            return _read_truncated(path, str(exc))
         raise ImageReadError(path, f"truncated or corrupt image data ({exc})") from exc
+
+
+def _read_truncated(path: Path, error: str) -> _Raster:
+    """Decode a file that ends early with OpenCV, which keeps what was decoded; refuse it if rows are lost."""
+    raster = _read_with_opencv(path)
+    if raster is None:
+        raise ImageReadError(path, f"truncated or corrupt image data ({error})")
+    pixels = raster.pixels.reshape(raster.pixels.shape[0], -1)
+    # The decoder fills what is missing with flat rows; count them from the bottom.
+    flat = np.all(pixels == pixels[:, :1], axis=1)
+    missing = int(np.argmin(flat[::-1])) if not flat.all() else len(flat)
+    if missing > MAX_MISSING_ROWS * len(flat):
+        raise ImageReadError(
+            path,
+            f"truncated image: the file ends early and the bottom {missing} of {len(flat)} rows are missing "
+            f"({error}); re-copy or re-download it",
+        )
+    note = f"file ends early ({error}); read anyway, {missing} of {len(flat)} rows missing"
+    return _Raster(raster.pixels, raster.channels, (note,))
 
 
 def _pil_to_raster(im: Image.Image) -> _Raster:
@@ -165,19 +353,26 @@ def _pil_to_raster(im: Image.Image) -> _Raster:
     return _Raster(np.asarray(im.convert("RGB")), "RGB")
 
 
-def _is_16bit_colour_png(path: Path) -> bool:
-    # Pillow reduces 16-bit RGB(A) and gray+alpha PNGs to 8 bits; detect them from the IHDR chunk.
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+def _is_16bit_colour_png(head: bytes) -> bool:
+    """Whether the first 26 bytes of a file are a 16-bit RGB(A) or gray+alpha PNG's signature and IHDR."""
+    # Pillow reduces these layouts to 8 bits; OpenCV keeps their depth.
+    return head[:8] == _PNG_MAGIC and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
 
 
 def _read_16bit_colour_png(path: Path) -> _Raster:
-    import cv2  # opencv comes with albumentations; only needed for this rare layout
+    raster = _read_with_opencv(path)
+    if raster is None:
+        raise ImageReadError(path, "truncated or corrupt 16-bit PNG")
+    return raster
+
+
+def _read_with_opencv(path: Path) -> _Raster | None:
+    """Stored pixels through OpenCV (native depth, RGB order), or ``None`` when it cannot decode the file."""
+    import cv2  # opencv comes with albumentations; only needed for rare layouts and damaged files
 
     pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise ImageReadError(path, "truncated or corrupt 16-bit PNG")
+        return None
     if pixels.ndim == 2:
         return _Raster(pixels, "L")
     colour = pixels[..., 2::-1]  # OpenCV stores BGR(A)
@@ -228,14 +423,217 @@ def _min_max(values: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ DICOM
 
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-deflated
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_DEFER_BYTES = 1 << 20  # elements above this (the pixel data) are read only once the header has been checked
+_META_MAX_BYTES = 1 << 20  # file meta information is a few hundred bytes; more is not a radiograph file
+_HEADER_MAX_BYTES = 64 << 20  # inflated header (everything before the pixel data) of a deflated file
+_TRAILER_MAX_BYTES = 1 << 20  # inflated elements after the pixel data (padding, signatures)
 
-def _read_dicom_pixels(path: Path):  # -> tuple[pydicom.Dataset, np.ndarray]
-    """Open a DICOM file and decode its single frame (raw stored values)."""
+
+def _dicom_meta(path: Path) -> tuple[str | None, int, bytes | None]:
+    """Transfer syntax, offset of the dataset and preamble, read from the file meta group without pydicom.
+
+    pydicom inflates a deflated dataset whole before anything can be checked: the syntax must be known first.
+
+    Returns:
+        ``(transfer_syntax_uid or None, dataset_offset, preamble or None)``.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(_META_MAX_BYTES)
+    preamble = data[:128] if data[128:132] == b"DICM" else None
+    pos = 132 if preamble is not None else 0
+    syntax = None
+    while len(data) >= pos + 8:
+        group, element = struct.unpack("<HH", data[pos : pos + 4])
+        if group != 0x0002:
+            return syntax, pos, preamble
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if len(data) < pos + 12:
+                break
+            (length,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+            start = pos + 12
+        else:
+            (length,) = struct.unpack("<H", data[pos + 6 : pos + 8])
+            start = pos + 8
+        if element == 0x0010:
+            syntax = data[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    if len(data) >= _META_MAX_BYTES:
+        raise ImageReadError(path, "DICOM file meta information is larger than 1 MB; not a radiograph file")
+    return syntax, pos, preamble
+
+
+class _Inflater:
+    """Inflates a raw deflate stream from an open file on demand, never past the length asked for."""
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+        self.zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.data = bytearray()
+        self.done = False
+
+    def fill(self, size: int) -> None:
+        """Inflate until ``size`` bytes are held or the stream ends."""
+        while len(self.data) < size and not self.done:
+            chunk = self.zlib.unconsumed_tail or self.handle.read(1 << 16)  # type: ignore[attr-defined]
+            if not chunk:
+                self.data += self.zlib.flush()
+                self.done = True
+                break
+            self.data += self.zlib.decompress(chunk, size - len(self.data))
+            self.done = self.zlib.eof
+
+
+def _parse_header(data: bytes):  # -> tuple[pydicom Dataset | None, int | None, int | None]
+    """Parse inflated explicit-VR little-endian bytes up to the pixel data.
+
+    Returns:
+        ``(header, end, length)``: the elements before the pixel data, the offset just past the PixelData
+        element's tag and length, and that length; ``end`` and ``length`` are ``None`` when the bytes stop
+        before the pixel data, ``header`` is ``None`` when they stop inside an element.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    buffer = DicomBytesIO(data)
+    found: dict[str, int] = {}
+
+    def at_pixels(tag: int, vr: str | None, length: int) -> bool:
+        if tag == _PIXEL_DATA:
+            found.update(end=buffer.tell(), length=length)
+        return tag == _PIXEL_DATA
+
+    try:
+        header = read_dataset(buffer, False, True, stop_when=at_pixels)
+    except EOFError:
+        header = None
+    return header, found.get("end"), found.get("length")
+
+
+def _read_deflated_dicom(
+    path: Path, offset: int, preamble: bytes | None, limit: int
+):  # -> pydicom FileDataset
+    """Read a deflated DICOM, inflating only as far as its (checked) header says the file can reach."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        stream = _Inflater(handle)
+        size = 1 << 16
+        while True:  # inflate the header (everything before the pixel data), a little more each round
+            stream.fill(size)
+            header, end, length = _parse_header(bytes(stream.data))
+            if end is not None or stream.done:
+                break
+            if size >= _HEADER_MAX_BYTES:
+                raise ImageReadError(
+                    path, "deflated DICOM header is larger than 64 MB; not a radiograph file"
+                )
+            size *= 4
+        if header is None or end is None or length is None:
+            raise ImageReadError(path, "deflated DICOM file has no pixel data (or its header is damaged)")
+        _check_dicom_geometry(path, header, limit, length)
+        # All the file may inflate to: its header, the pixel data the header describes and a small trailer.
+        cap = end + (length if length != _UNDEFINED_LENGTH else 0) + _TRAILER_MAX_BYTES
+        stream.fill(cap + 1)
+        if len(stream.data) > cap:
+            raise ImageReadError(
+                path,
+                f"deflated DICOM inflates to more than its header describes (over {cap} bytes for a "
+                f"{header.Rows}x{header.Columns} image): a decompression bomb or a damaged file",
+            )
+    data = bytes(stream.data)
+    del stream
+    dataset = read_dataset(DicomBytesIO(data), False, True)
+    with open(path, "rb") as handle:  # the file meta group, which is never deflated
+        handle.seek(132 if preamble is not None else 0)
+        meta_bytes = handle.read(offset - (132 if preamble is not None else 0))
+    file_meta = FileMetaDataset(read_dataset(DicomBytesIO(meta_bytes), False, True))
+    return FileDataset(str(path), dataset, preamble, file_meta, is_implicit_VR=False, is_little_endian=True)
+
+
+def _check_dicom_geometry(path: Path, ds: object, limit: int, data_length: int | None) -> None:
+    """Refuse a header whose pixel data is too large or cannot have the shape Rows x Columns claims.
+
+    Args:
+        ds: the pydicom dataset (header elements at least).
+        data_length: length of the PixelData element in bytes (undefined for compressed data), if known.
+    """
+    get = ds.get  # type: ignore[attr-defined]
+    rows, columns = int(get("Rows", 0) or 0), int(get("Columns", 0) or 0)
+    if rows <= 0 or columns <= 0:
+        raise ImageReadError(
+            path, f"DICOM Rows x Columns is {rows}x{columns}; the header does not say the image size"
+        )
+    _check_size(path, rows, columns, limit)
+    samples = int(get("SamplesPerPixel", 1) or 1)
+    if samples not in (1, 3):
+        raise ImageReadError(
+            path,
+            f"DICOM SamplesPerPixel is {samples}; a radiograph has 1 (grayscale) or 3 (RGB) samples per "
+            "pixel",
+        )
+    aspect = max(rows, columns) / min(rows, columns)
+    if aspect > DICOM_MAX_ASPECT:
+        raise ImageReadError(
+            path,
+            f"DICOM Rows x Columns is {rows}x{columns}, a {aspect:.0f}:1 strip: no radiograph has that "
+            "shape, so the header's Rows/Columns do not describe its pixel data (a crafted or damaged file); "
+            f"refused (cxrnet.data.io.DICOM_MAX_ASPECT = {DICOM_MAX_ASPECT:g})",
+        )
+    bits = int(get("BitsAllocated", 0) or 0)
+    if data_length is None or data_length == _UNDEFINED_LENGTH or bits not in (1, 8, 16, 32):
+        return  # compressed (encapsulated) data: the codec's own header gives its size; pydicom checks it
+    frames = int(get("NumberOfFrames", 1) or 1)
+    # Uncompressed YBR_FULL_422 stores two chroma samples per pair of pixels: 2 values per pixel, not 3.
+    stored = (
+        2 if samples == 3 and str(get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422" else samples
+    )
+    expected = (rows * columns * stored * frames * bits + 7) // 8
+    row_bytes = (columns * stored * bits + 7) // 8
+    # One pad byte keeps the length even; some writers pad to a block, but never by a whole row.
+    if not expected <= data_length < expected + max(2, row_bytes):
+        raise ImageReadError(
+            path,
+            f"DICOM pixel data holds {data_length} bytes, but Rows x Columns x SamplesPerPixel x "
+            f"BitsAllocated ({rows}x{columns}x{samples}x{bits} bits, {frames} frame(s)) needs {expected}: "
+            "the header does not describe the pixel data (a crafted or damaged file)",
+        )
+
+
+def _pixel_data_length(ds: object) -> int | None:
+    """Length in bytes of the PixelData element, without reading a deferred value."""
+    element = ds.get_item("PixelData")  # type: ignore[attr-defined]
+    if element is None:
+        return None
+    length = getattr(element, "length", None)  # a raw (possibly deferred) element knows its length
+    if length is None and getattr(element, "value", None) is not None:
+        length = len(element.value)
+    return None if length is None else int(length)
+
+
+def _read_dicom_pixels(path: Path, limit: int):  # -> tuple[pydicom.Dataset, np.ndarray]
+    """Open a DICOM file, check its header, then decode its single frame (raw stored values)."""
     import pydicom
 
     _check_file(path)
+    syntax, offset, preamble = _dicom_meta(path)
     try:
-        ds = pydicom.dcmread(path, force=True)
+        if syntax == _DEFLATED:
+            ds = _read_deflated_dicom(path, offset, preamble, limit)
+        else:
+            # The pixel data is deferred: it is read from disk only after the header has passed the checks.
+            ds = pydicom.dcmread(path, force=True, defer_size=_DEFER_BYTES)
+    except ImageReadError:
+        raise
     except Exception as exc:  # pydicom raises many types for broken files
         raise ImageReadError(path, f"not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds:
@@ -245,26 +643,29 @@ def _read_dicom_pixels(path: Path):  # -> tuple[pydicom.Dataset, np.ndarray]
         raise ImageReadError(
             path, f"multi-frame DICOM ({frames} frames); expected a single radiograph (export one frame)"
         )
+    _check_dicom_geometry(path, ds, limit, _pixel_data_length(ds))
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         hint = ""
-        if syntax is not None and syntax.is_compressed:
-            hint = f"; compressed transfer syntax {syntax.name}: `pip install pylibjpeg[all]` may decode it"
+        if syntax_uid is not None and syntax_uid.is_compressed:
+            hint = (
+                f"; compressed transfer syntax {syntax_uid.name}: `pip install pylibjpeg[all]` may decode it"
+            )
         raise ImageReadError(path, f"cannot decode DICOM pixel data ({exc}){hint}") from exc
-    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
         raise ImageReadError(path, f"DICOM pixel data has shape {pixels.shape}; expected one 2D image")
     return ds, pixels
 
 
-def _read_dicom_image(path: Path) -> np.ndarray:
+def _read_dicom_image(path: Path, limit: int) -> np.ndarray:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom < 3
         from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-    ds, pixels = _read_dicom_pixels(path)
+    ds, pixels = _read_dicom_pixels(path, limit)
     if pixels.ndim == 3:  # RGB DICOM (rare for radiographs): no LUTs apply to colour data
         return _min_max(pixels[..., :3].astype(np.float64) @ _LUMA)
     modality = np.asarray(apply_modality_lut(pixels, ds))
@@ -302,11 +703,13 @@ def _window(values: np.ndarray, center: float, width: float, function: str | Non
 # ------------------------------------------------------------------------------------------ masks
 
 
-def _read_mask_values(path: Path) -> np.ndarray:
+def _read_mask_values(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """A mask file → one numeric HxW array (colour: the brightest channel; alpha only if colour is flat)."""
-    if is_dicom(path):
-        return _read_dicom_pixels(path)[1]
-    raster = _read_raster(path)
+    limit = max_image_pixels(max_pixels)
+    with _decoding(path):
+        if is_dicom(path):
+            return _read_dicom_pixels(path, limit)[1]
+        raster = _read_raster(path, limit)
     pixels = raster.pixels
     if pixels.ndim == 2:
         return pixels
@@ -334,7 +737,11 @@ def _binarise(values: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def read_mask(
-    path: str | os.PathLike[str], shape: tuple[int, int] | None = None, *, strict: bool = False
+    path: str | os.PathLike[str],
+    shape: tuple[int, int] | None = None,
+    *,
+    strict: bool = False,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Read a binary mask as bool HxW.
 
@@ -346,15 +753,17 @@ def read_mask(
         path: mask file (PNG, JPEG, BMP, TIFF or DICOM).
         shape: expected (H, W), normally the image's; ``None`` skips the check.
         strict: raise instead of thresholding a non-binary mask.
+        max_pixels: largest height x width to decode; ``None`` uses :func:`max_image_pixels`.
 
     Returns:
         bool array of shape HxW.
 
     Raises:
-        ImageReadError: unreadable file, size different from ``shape``, or (``strict``) non-binary values.
+        ImageReadError: unreadable file (also one above the pixel limit), size different from ``shape``, or
+            (``strict``) non-binary values.
     """
     path = Path(path)
-    values = _read_mask_values(path)
+    values = _read_mask_values(path, max_pixels)
     if shape is not None and tuple(values.shape) != tuple(shape):
         raise ImageReadError(path, _size_message(values.shape, shape))
     mask, was_binary = _binarise(values)

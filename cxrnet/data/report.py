@@ -4,9 +4,10 @@ A :class:`DataReport` is what ``CXRDataModule.report`` holds and what ``python -
 prints and writes as JSON. Issues are of two severities:
 
 * **problems**: something is wrong with the data (an unreadable or missing file, a mask whose size differs
-  from its image, a non-binary mask, a label that maps to no class). ``cxrnet.data.check`` exits with 1.
+  from its image, a label that maps to no class). ``cxrnet.data.check`` exits with 1.
 * **warnings**: worth knowing, but handled by design (near-duplicate images whose patients were merged into
-  one split unit, items a reader leaves out on purpose such as lateral views or labels mapped to ``null``).
+  one split unit, items a reader leaves out on purpose such as lateral views or labels mapped to ``null``,
+  files that end a few bytes early and were read anyway, masks with a few stray grey levels).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from cxrnet.data.sources import Excluded
 
 __all__ = [
     "COUNT_FIELDS",
+    "DETAILED_KINDS",
     "KIND_DUPLICATE",
     "KIND_MASK_SIZE",
     "KIND_NON_BINARY",
     "KIND_NOT_IN_CLASSES",
+    "KIND_TRUNCATED",
     "KIND_UNREADABLE",
     "WARNING_REASONS",
     "DataReport",
@@ -38,11 +41,16 @@ KIND_MASK_SIZE = "mask size mismatch"
 KIND_NON_BINARY = "non-binary mask"
 KIND_NOT_IN_CLASSES = "label not in classes"
 KIND_DUPLICATE = "near-duplicate"
+KIND_TRUNCATED = "truncated file read"
 
 WARNING_REASONS = frozenset(
     {"label mapped to None", "view not kept", "modality not kept", "outside class folders"}
 )
 """Reader exclusion reasons that are choices of the dataset config, not defects of the data."""
+
+DETAILED_KINDS = ("unknown label", "label mapped to None", "view not kept", "modality not kept")
+"""Issue kinds whose details (the raw label, the view, ...) the summary counts one by one."""
+MAX_DETAILS = 12
 
 COUNT_FIELDS = ("images", "patients", "lung_masks", "infection_masks", "severity")
 """Counted per split and class: images, distinct patients, images with a lung mask, with an infection mask
@@ -173,6 +181,14 @@ class DataReport:
             counts[issue.kind] += 1
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
+    def detail_counts(self, kind: str) -> dict[str, int]:
+        """How often each detail occurs among the issues of one kind (e.g. each unmapped label, each view)."""
+        counts: dict[str, int] = defaultdict(int)
+        for issue in self.issues:
+            if issue.kind == kind:
+                counts[issue.detail] += 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``json.dumps(report.to_dict())``)."""
         return {
@@ -206,6 +222,12 @@ class DataReport:
         )
         if self.issues:
             lines.append("  issues: " + ", ".join(f"{kind}: {n}" for kind, n in self.issue_counts().items()))
+        for kind in DETAILED_KINDS:
+            details = self.detail_counts(kind)
+            if details:
+                shown = ", ".join(f"{detail!r} {n}" for detail, n in list(details.items())[:MAX_DETAILS])
+                more = f", and {len(details) - MAX_DETAILS} more" if len(details) > MAX_DETAILS else ""
+                lines.append(f"  {kind}: {shown}{more}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 

@@ -28,6 +28,8 @@ __all__ = [
     "DUPLICATE_MAX_DISTANCE",
     "SplitReport",
     "Splits",
+    "check_folds",
+    "check_fractions",
     "find_near_duplicates",
     "hamming",
     "hash_records",
@@ -36,6 +38,7 @@ __all__ = [
 ]
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
+SPLIT_NAMES = ("train", "val", "test")
 DUPLICATE_MAX_DISTANCE = 24
 """Default Hamming distance (bits out of 256) up to which two images count as near-duplicates.
 
@@ -344,3 +347,41 @@ def _most_lacking(
         return fractions[name] * placed - count[name], fractions[name] * placed_total - total[name]
 
     return max(names, key=deficit)
+
+
+# ----------------------------------------------------------------------------------- config checks
+
+
+def check_fractions(fractions: Mapping[str, float] | None) -> None:
+    """Raise ``ValueError`` naming the option when split fractions are not shares of train/val/test summing to 1.
+
+    Hydra merges a mapping given on the command line into the config's default, so
+    ``data.split_fractions={train:0.85,val:0.15}`` keeps the default ``test: 0.15``; the message says so.
+    """
+    if fractions is None:
+        return
+    fractions = dict(fractions)
+    unknown = sorted(set(fractions) - set(SPLIT_NAMES))
+    if unknown:
+        raise ValueError(f"data.split_fractions has unknown splits {unknown}; valid: {list(SPLIT_NAMES)}")
+    try:
+        values = {name: float(value) for name, value in fractions.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"data.split_fractions={fractions} must map splits to numbers") from None
+    if any(v < 0 for v in values.values()) or abs(sum(values.values()) - 1.0) > 1e-6:
+        shown = ",".join(f"{k}:{v:g}" for k, v in values.items())
+        raise ValueError(
+            f"data.split_fractions={{{shown}}} sums to {sum(values.values()):g}, not 1 (shares must be >= 0). "
+            "A mapping given on the command line is merged into the default, so a split left out keeps its "
+            "default share: give every split, e.g. data.split_fractions='{train:0.85,val:0.15,test:0}'"
+        )
+
+
+def check_folds(folds: int | None, fold: int) -> None:
+    """Raise ``ValueError`` naming the option when the cross-validation settings are out of range."""
+    if folds is None:
+        return
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"data.folds={folds!r} must be an integer >= 2 (or null for no cross-validation)")
+    if not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(f"data.fold={fold!r} must be an integer in 0..{folds - 1} for data.folds={folds}")

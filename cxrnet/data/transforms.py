@@ -7,6 +7,7 @@ symmetrically to a square. The same function serves the dataset and the predicto
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
 
 import albumentations as A
@@ -113,6 +114,25 @@ def build_augmentation(preset: str = "default") -> A.Compose | None:
             A.GaussianBlur(blur_limit=(3, 3), p=0.15),
         ]
     return A.Compose(transforms)
+
+
+def seed_augmentation(transform: A.Compose, seed: int, epoch: int, index: int) -> None:
+    """Make ``transform``'s next call draw its random parameters from ``(seed, epoch, index)`` alone.
+
+    Albumentations pipelines keep their own random generators, seeded from the operating system unless told
+    otherwise, so neither ``seed_everything`` nor a restored RNG state reaches them. Seeding each sample from
+    its run seed, epoch and dataset index instead makes the augmentation of every sample reproducible,
+    whatever the number of DataLoader workers, the order the sampler draws in, or where a run was interrupted
+    and resumed.
+
+    Args:
+        transform: the pipeline (its transforms share the two generators set here).
+        seed: the run's seed.
+        epoch: the training epoch (another draw each epoch).
+        index: the sample's index in its dataset.
+    """
+    generator = np.random.default_rng([seed % 2**64, epoch % 2**64, index % 2**64])
+    transform.set_random_state(generator, random.Random(int(generator.integers(2**63))))
 
 
 def augment(

@@ -31,13 +31,13 @@ def records(tmp_path: Path) -> list[Record]:
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    original = cxr_io.read_image
+    original = cxr_io.read_image_noting  # what read_image and the item reader decode through
 
-    def counting(path: str | os.PathLike[str]) -> np.ndarray:
+    def counting(path: str | os.PathLike[str], **kwargs: object) -> tuple[np.ndarray, list[str]]:
         calls.append(str(path))
-        return original(path)
+        return original(path, **kwargs)
 
-    monkeypatch.setattr(cxr_io, "read_image", counting)
+    monkeypatch.setattr(cxr_io, "read_image_noting", counting)
     return calls
 
 

@@ -66,19 +66,20 @@ def test_every_problem_is_listed_with_its_file(tmp_path: Path, capsys: pytest.Ca
     code, report = run_check(root, tmp_path, "data.on_unknown_label=exclude")
     assert code == 1 and report["exit_code"] == 1
     names = ("corrupt.png", "small_mask.png", "soft_mask.png", "gone.png", "weird.png")
-    found = {(p["kind"], name) for p in report["problems"] for name in names if f"/{name}" in p["path"]}
-    assert len(report["problems"]) == 5
+    issues = report["problems"] + report["warnings"]
+    found = {(p["kind"], p["problem"], name) for p in issues for name in names if f"/{name}" in p["path"]}
+    assert len(report["problems"]) == 4
     assert found == {
-        ("unreadable file", "corrupt.png"),
-        ("mask size mismatch", "small_mask.png"),
-        ("non-binary mask", "soft_mask.png"),
-        ("missing file", "gone.png"),
-        ("unknown label", "weird.png"),
+        ("unreadable file", True, "corrupt.png"),
+        ("mask size mismatch", True, "small_mask.png"),
+        ("non-binary mask", False, "soft_mask.png"),  # thresholded at half range and used: a warning
+        ("missing file", True, "gone.png"),
+        ("unknown label", True, "weird.png"),
     }
-    by_kind = {p["kind"]: p for p in report["problems"]}
+    by_kind = {p["kind"]: p for p in issues}
     assert "mask 10x10 differs from image 40x48" in by_kind["mask size mismatch"]["detail"]
     assert by_kind["unknown label"]["detail"] == "sarcoidosis"
-    assert not by_kind["non-binary mask"]["dropped"]  # thresholded and used
+    assert not by_kind["non-binary mask"]["dropped"]
     # 12 good images + the one with a non-binary mask are used
     assert report["n_items"] == 13
     assert sum(rows["all"]["lung_masks"] for rows in report["counts"].values()) == 13

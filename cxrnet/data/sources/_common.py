@@ -123,6 +123,15 @@ class LabelMapper:
         self._map = {label_key(raw): target for raw, target in label_map.items()}
         self._raw_names = sorted(label_map)
         self.excluded: list[Excluded] = []
+        self.indirect: Counter[tuple[str, str, str | None]] = Counter()
+        """(raw label, the candidate that decided, its class) for labels decided by a candidate, with counts."""
+
+    def notes(self) -> list[str]:
+        """One line per raw label that a candidate (a path component, a list item, a family) decided."""
+        return [
+            f"finding {raw!r} mapped to {target or 'nothing (dropped)'} through {via!r} ({n} images)"
+            for (raw, via, target), n in sorted(self.indirect.items())
+        ]
 
     def __call__(self, raw: str, path: str | os.PathLike[str], candidates: Sequence[str] = ()) -> str | None:
         """Return the canonical class of ``raw``, or ``None`` when the item is to be excluded.
@@ -137,6 +146,8 @@ class LabelMapper:
             key = label_key(candidate)
             if key in self._map:
                 target = self._map[key]
+                if key != label_key(raw):
+                    self.indirect[(raw, candidate, target)] += 1
                 if target is None:
                     self.excluded.append(Excluded(str(path), "label mapped to None", raw))
                 return target

@@ -10,11 +10,16 @@ Layout::
     <root>/annotations/lungVAE-masks/<stem>_mask.png      optional: model-generated lung masks
     <brixia_file>                                         optional: Filename, S-A..S-F, S-Global, J-A..J-F, J-Global
 
-``finding`` is flat in older releases (``COVID-19``, ``COVID-19, ARDS``, ``Streptococcus``, ``No Finding``)
-and hierarchical in newer ones (``Pneumonia/Viral/COVID-19``, ``Pneumonia/Bacterial/Streptococcus``).
-Both are mapped through one table: the most specific name present in the label map decides (the leaf, then
-its parents; for a comma list, its items in order), so ``Pneumonia/Viral/Influenza/H1N1`` is viral and a
-new ``Pneumonia/Bacterial/<x>`` is bacterial.
+``finding`` is flat in older releases (``COVID-19``, ``COVID-19, ARDS``, ``Streptococcus``, ``No Finding``,
+``Mycoplasma Bacterial Pneumonia``) and hierarchical in newer ones (``Pneumonia/Viral/COVID-19``,
+``Pneumonia/Bacterial/Streptococcus``). Both are mapped through one table: the most specific name decides
+(the whole finding, then the leaf, then its parents; for a comma list, its items in order), each name looked
+up first as itself in the label map and then by its pathogen family (:mod:`cxrnet.data.sources.taxonomy`:
+a known bacterial, viral or fungal pathogen, or a name containing one as a word, maps to its family). So
+``Pneumonia/Viral/Influenza/H1N1`` is viral, a new ``Pneumonia/Bacterial/<x>`` is bacterial, a new flat
+``Haemophilus influenzae`` is bacterial, and fungal findings are dropped on purpose. A finding that names
+no pathogen and is not in the map is an unknown label: excluded and counted by the data configs' default
+``on_unknown_label: exclude`` (``error`` stops at it instead).
 
 By default only frontal X-rays are kept (views PA, AP, AP Supine, AP semi erect, AP erect); everything
 else is excluded and counted: lateral or blank views (``"view not kept"``), CT (``"modality not kept"``),
@@ -34,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cxrnet.data.records import Record
+from cxrnet.data.sources import taxonomy
 from cxrnet.data.sources._common import (
     ON_MISSING,
     Excluded,
@@ -61,6 +67,7 @@ _BACTERIAL = (
     "Nocardia",
 )
 # Fungal and other pneumonias, TB, ARDS alone and unlabelled rows fit none of the classes: dropped on purpose.
+# "Viral", "Bacterial", "Fungal", "Tuberculosis" and "COVID-19" are also the taxonomy's family names.
 _DROPPED = (
     "Fungal",
     "Pneumocystis",
@@ -188,19 +195,24 @@ def read(
             )
         )
     result.excluded += mapper.excluded
+    result.notes += mapper.notes()
     if not result.records:
         raise FileNotFoundError(f"{SOURCE}: no usable images under {root} (see the excluded items)")
     return result
 
 
 def _finding_candidates(finding: str) -> list[str]:
-    """Names to look up, most specific first: the whole string, then path leaf→root, then list items."""
-    candidates = [finding]
+    """Names to look up, most specific first: the whole string, then path leaf→root, then list items; each
+    followed by its pathogen family (:func:`cxrnet.data.sources.taxonomy.family`) when it names one."""
+    names = [finding]
     for item in finding.split(","):
         parts = [p.strip() for p in item.split("/") if p.strip()]
         for depth in range(len(parts), 0, -1):
-            candidates += ["/".join(parts[:depth]), parts[depth - 1]]
-    return list(dict.fromkeys(c.strip() for c in candidates if c.strip())) or [finding]
+            names += ["/".join(parts[:depth]), parts[depth - 1]]
+    candidates = []
+    for name in (n.strip() for n in names if n.strip()):
+        candidates += [name, taxonomy.family(name) or ""]
+    return list(dict.fromkeys(c for c in candidates if c)) or [finding]
 
 
 def _lung_mask(root: Path, filename: str, preference: Sequence[str]) -> tuple[tuple[str, ...], str]:
