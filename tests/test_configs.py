@@ -90,12 +90,20 @@ def test_entry_point_from_a_non_editable_install_outside_the_repo(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": str(target)}
     where = subprocess.run(
         [sys.executable, "-c", "import cxrnet; print(cxrnet.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert where.stdout.strip().startswith(str(target))
     job = subprocess.run(
         [sys.executable, "-m", "cxrnet.train", "+experiment=quickstart", "--cfg", "job"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert job.returncode == 0, job.stderr[-2000:]
     assert "tu-mobilenetv3_large_100" in job.stdout and "image_size: 128" in job.stdout

@@ -97,7 +97,9 @@ class CXRNet(nn.Module):
         self.gate_with_lungs = gate_with_lungs
         self.gate_fill = gate_fill
         self.lung_dilation = lung_dilation
-        apply_gate(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), gate_fill)  # fail now, not at the first batch
+        apply_gate(
+            torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), gate_fill
+        )  # fail now, not at the first batch
 
         decoder_kwargs: dict[str, Any] = {}
         if decoder_channels:
@@ -147,11 +149,17 @@ class CXRNet(nn.Module):
         return self.segmentation_head(self.decoder(self.encoder(x)))
 
     def gate_map(self, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
-        """The effective B×1×H×W gate: the explanation map, times the dilated lung fields with ``gate_with_lungs``."""
+        """The effective B×1×H×W gate: the explanation map, times the dilated lung fields with ``gate_with_lungs``.
+
+        The lung fields are where the lung head's probability exceeds 0.5, dilated by ``lung_dilation`` of the
+        image width; outside them the gate is exactly zero.
+        """
         if not self.gate_with_lungs:
             return explanation
-        # Detached: the classifier must not be able to redraw the lungs to suit itself.
-        lungs = torch.sigmoid(lung_logits).detach()
+        # The predicted lung fields as a hard mask (probability > 0.5), detached: the classifier must not be
+        # able to redraw the lungs to suit itself, and soft probability tails outside the lungs would let
+        # markers and borders through (measured on real films: a fifth of the gate's mass lay there).
+        lungs = (lung_logits.detach() > 0).to(explanation.dtype)
         return explanation * soft_dilate(lungs, round(self.lung_dilation * int(explanation.shape[-1])))
 
     def gate(self, x: torch.Tensor, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
