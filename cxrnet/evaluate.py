@@ -12,7 +12,11 @@ Writes into ``<out>``:
 
 Before scoring anything, the split is compared with the training data recorded in the checkpoint
 (:mod:`cxrnet.leakage`); a split sharing patients or near-duplicate images is refused unless
-``allow_leakage=true``. ``evaluate(cfg)`` does the work; ``main`` is the thin Hydra wrapper.
+``allow_leakage=true``. A head that saw no training target (:mod:`cxrnet.provenance`; e.g. the infection
+head of a model trained on lung masks only) is not scored as if it meant something: its metrics are
+``null``, ``heads/*`` keys say why, and its plots and report rows are left out. A model trained on
+synthetic phantoms only that is evaluated on real data carries that caveat in run.json and the report.
+``evaluate(cfg)`` does the work; ``main`` is the thin Hydra wrapper.
 """
 
 from __future__ import annotations
@@ -41,8 +45,15 @@ from cxrnet.devices import resolve_device
 from cxrnet.evaluation.bootstrap import CI
 from cxrnet.evaluation.collect import MAP_ESTIMATES, Collected, collect
 from cxrnet.evaluation.report import NOTE, build_report, write_plots
-from cxrnet.evaluation.summary import compute_metrics, confidence_intervals
+from cxrnet.evaluation.summary import (
+    compute_metrics,
+    confidence_intervals,
+    head_metrics,
+    withheld,
+    withhold_untrained,
+)
 from cxrnet.leakage import NOT_CHECKED, LeakageReport, guard_split, item_hash
+from cxrnet.provenance import SYNTHETIC, caveats, untrained_outputs
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +155,7 @@ def _provenance(
     collected: Collected,
     leakage: LeakageReport | None,
     allowed: bool,
+    untrained: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The content of ``run.json``: what was evaluated, how, with what software."""
     paths = collected.paths
@@ -165,6 +177,12 @@ def _provenance(
         "data": {k: v for k, v in data.items() if k != "_target_"},
         "split": cfg.split,
         "sources": sorted(set(collected.sources)),
+        "heads": {
+            "training": meta.get("heads"),
+            "severity_targets": list(meta.get("severity_targets", [])),
+            "untrained": sorted(untrained),
+        },
+        "caveats": training_caveats(meta, collected),
         "leakage": {**leak, "allowed": allowed},
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "command": _command(),
@@ -172,6 +190,22 @@ def _provenance(
         "software": software_versions(),
         "note": NOTE,
     }
+
+
+def training_caveats(meta: dict[str, Any], collected: Collected) -> list[str]:
+    """The model's training caveats (:func:`cxrnet.provenance.caveats`) when the evaluated data is not all phantoms.
+
+    Args:
+        meta: the checkpoint's metadata (``heads``, ``training_data``, ``severity_targets``).
+        collected: the scored split; only its ``sources`` are read.
+
+    Returns:
+        e.g. ``["trained on synthetic phantoms only; not validated on real radiographs"]``; ``[]`` when the
+        evaluated items are all phantoms or the model's training raises no caveat.
+    """
+    if set(collected.sources) <= {SYNTHETIC}:
+        return []
+    return caveats(meta.get("heads"), meta.get("training_data"), meta.get("severity_targets", []))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -219,7 +253,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         device=device,
         n_examples=int(cfg.report.n_examples),
     )
-    metrics: dict[str, Any] = compute_metrics(collected, temperature)
+    severity_targets = list(meta.get("severity_targets", []))
+    untrained = untrained_outputs(meta.get("heads"), severity_targets)
+    if untrained:
+        log.warning(
+            "heads without training targets; their metrics are withheld (null): %s",
+            ", ".join(sorted(untrained)),
+        )
+    metrics: dict[str, Any] = withhold_untrained(compute_metrics(collected, temperature), untrained)
+    metrics |= head_metrics(meta.get("heads"), severity_targets)
     leak = leakage.as_dict() if leakage is not None else {"checked": False}
     metrics |= {f"leakage/{k}": v for k, v in leak.items()}
     metrics["leakage/allowed"] = bool(leakage is not None and leakage.leaked and cfg.allow_leakage)
@@ -232,9 +274,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         confidence=float(boot.confidence),
         seed=int(boot.seed),
     )
-    plots = write_plots(collected, out_dir / "plots", temperature)
+    intervals = {key: ci for key, ci in intervals.items() if not withheld(key, untrained)}
+    plots = write_plots(collected, out_dir / "plots", temperature, untrained)
 
-    run = _provenance(cfg, checkpoint, meta, data_cfg, collected, leakage, metrics["leakage/allowed"])
+    allowed = metrics["leakage/allowed"]
+    run = _provenance(cfg, checkpoint, meta, data_cfg, collected, leakage, allowed, untrained)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "metrics.json", metrics)
     _write_json(

@@ -9,6 +9,14 @@ Every input goes through the preprocessing the model was trained with (stored in
 letterbox to the training size, then ``(x - mean) / std``. The maps come back through
 :func:`~cxrnet.data.transforms.unletterbox` at the input's original size.
 
+No numbers from a head that never learned: the checkpoint records which heads saw training targets
+(:mod:`cxrnet.provenance`). An output whose head saw none (the infection map of a model trained on lung masks
+only, and the severity derived from it) is withheld (``None`` / left out) and named in
+:attr:`Prediction.untrained`; ``load_model(..., keep_untrained=True)`` keeps such outputs for inspection,
+still named there. A model trained on synthetic phantoms only says so in :attr:`Prediction.caveats` and
+warns once (:class:`SyntheticTrainingWarning`) when it first reads a real file. Checkpoints written before
+this record existed behave as before: every head counts as trained.
+
 Research software, not a medical device.
 """
 
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +40,19 @@ from cxrnet.data.io import ImageReadError, read_image
 from cxrnet.data.transforms import Letterbox, Preprocessing, letterbox, letterbox_geometry, unletterbox
 from cxrnet.devices import resolve_device
 from cxrnet.models.cxrnet import CXRNet
+from cxrnet.provenance import SYNTHETIC_CAVEAT, caveats, synthetic_only, untrained_outputs
 from cxrnet.severity import assess_severity
 
-__all__ = ["CheckpointError", "FileResult", "ImageInput", "Prediction", "Predictor", "load_model", "to_gray"]
+__all__ = [
+    "CheckpointError",
+    "FileResult",
+    "ImageInput",
+    "Prediction",
+    "Predictor",
+    "SyntheticTrainingWarning",
+    "load_model",
+    "to_gray",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +60,70 @@ ImageInput = str | os.PathLike | np.ndarray | torch.Tensor
 """A path (PNG, JPEG, BMP, TIFF, DICOM), a numpy array or a torch tensor."""
 
 
+class SyntheticTrainingWarning(UserWarning):
+    """A model trained on synthetic phantoms only is predicting on real image files."""
+
+
 @dataclass
 class Prediction:
     """Everything the model says about one radiograph, at the image's original size (HxW).
 
+    An output whose head saw no training target is withheld (``None``, an empty dict, or a key left out of
+    ``severity``) and named in :attr:`untrained`, unless the predictor was built with ``keep_untrained=True``.
+
     Attributes:
-        probabilities: class name → probability, in the checkpoint's class order; sums to 1.
-        label: the most probable class.
-        lung_mask: bool HxW, lung probability > 0.5.
-        infection_map: float32 HxW infection probability in [0, 1].
-        explanation: float32 HxW explanation map in [0, 1] (the region encoder 2 classified).
+        probabilities: class name → probability, in the checkpoint's class order; sums to 1. Empty when the
+            classifier is untrained.
+        label: the most probable class; ``None`` when the classifier is untrained.
+        lung_mask: bool HxW, lung probability > 0.5; ``None`` when the lung head is untrained.
+        infection_map: float32 HxW infection probability in [0, 1]; ``None`` when the infection head is
+            untrained.
+        explanation: float32 HxW explanation map in [0, 1] (the region encoder 2 classified); ``None`` when
+            the classifier, which it is learned from, is untrained.
         severity: ``{"from_maps": assess_severity(...).to_dict()}``, computed on the lung and infection
             maps at the model's resolution when the image is larger (areas in original pixels), plus, when
-            the model has a severity head, ``"learned": {target: score in its own units}``.
+            the model has a severity head, ``"learned": {target: score in its own units}``. ``from_maps`` is
+            left out when the lung or the infection head is untrained, and so is each learned target
+            without training scores.
         meta: ``source`` (the path, or ``"<array>"``/``"<tensor>"``), ``height``, ``width`` (pixels),
             ``model_size`` (side of the square the model saw).
+        untrained: outputs of heads that saw no training target, named as in
+            :data:`cxrnet.provenance.OUTPUTS`: ``"lung_mask"``, ``"infection_map"``, ``"explanation"``,
+            ``"probabilities"``, ``"severity.from_maps"``, ``"severity.learned.<target>"``. Empty for
+            checkpoints that do not record their heads.
+        caveats: notes about the model's training that a report must carry, e.g.
+            :data:`cxrnet.provenance.SYNTHETIC_CAVEAT`.
     """
 
     probabilities: dict[str, float]
-    label: str
-    lung_mask: np.ndarray
-    infection_map: np.ndarray
-    explanation: np.ndarray
+    label: str | None
+    lung_mask: np.ndarray | None
+    infection_map: np.ndarray | None
+    explanation: np.ndarray | None
     severity: dict[str, dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
+    untrained: frozenset[str] = frozenset()
+    caveats: list[str] = field(default_factory=list)
 
     def to_dict(self, include_maps: bool = False) -> dict[str, Any]:
-        """JSON-ready summary: label, probabilities, severity and meta.
+        """JSON-ready summary: label, probabilities, severity, meta, untrained outputs (sorted) and caveats.
 
         Args:
             include_maps: also add ``lung_mask``, ``infection_map`` and ``explanation`` as nested lists
-                (large: HxW numbers each).
+                (large: HxW numbers each; ``None`` for a withheld map).
         """
         out: dict[str, Any] = {
             "label": self.label,
             "probabilities": dict(self.probabilities),
             "severity": {kind: dict(values) for kind, values in self.severity.items()},
             "meta": dict(self.meta),
+            "untrained": sorted(self.untrained),
+            "caveats": list(self.caveats),
         }
         if include_maps:
-            out["lung_mask"] = self.lung_mask.tolist()
-            out["infection_map"] = self.infection_map.tolist()
-            out["explanation"] = self.explanation.tolist()
+            for name in ("lung_mask", "infection_map", "explanation"):
+                values = getattr(self, name)
+                out[name] = None if values is None else values.tolist()
         return out
 
 
@@ -109,14 +150,20 @@ class _Item(NamedTuple):
     meta: dict[str, Any]
 
 
+PREVIEW_MIN_SIDE = 16
+"""Shorter side a preview keeps (or the image's, if smaller): a 30000x20 strip must not shrink to 512x1."""
+
+
 def _preview(image: np.ndarray, size: int | None) -> np.ndarray:
     h, w = image.shape
     if size is None or max(h, w) <= size:
         return image
     scale = size / max(h, w)
-    return cv2.resize(
-        image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-    )
+
+    def side(n: int) -> int:
+        return min(n, max(PREVIEW_MIN_SIDE, round(n * scale)))
+
+    return cv2.resize(image, (side(w), side(h)), interpolation=cv2.INTER_AREA)
 
 
 class Predictor:
@@ -132,6 +179,18 @@ class Predictor:
         batch_size: images per forward pass.
         checkpoint: path of the checkpoint, recorded in each prediction's meta.
         temperature: divides the class logits before the softmax (fitted by ``python -m cxrnet.calibrate``).
+        heads: what each head was trained on (``checkpoint["cxrnet"]["heads"]``, see
+            :mod:`cxrnet.provenance`); ``None`` (older checkpoints) counts every head as trained.
+        training_data: the checkpoint's training fingerprint; its ``source`` tells a phantom-only model
+            when ``heads`` is not recorded.
+        keep_untrained: still compute and return the outputs of untrained heads (they stay named in
+            :attr:`Prediction.untrained`); for inspecting what such a head does, never for reporting.
+
+    Attributes:
+        untrained: outputs withheld from every prediction (see :attr:`Prediction.untrained`).
+        caveats: notes carried by every prediction (see :attr:`Prediction.caveats`).
+        synthetic_only: every training item was a synthetic phantom; the first real file read triggers a
+            :class:`SyntheticTrainingWarning`, once per predictor.
     """
 
     def __init__(
@@ -142,6 +201,9 @@ class Predictor:
         batch_size: int = 8,
         checkpoint: str | None = None,
         temperature: float = 1.0,
+        heads: dict[str, Any] | None = None,
+        training_data: dict[str, Any] | None = None,
+        keep_untrained: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -153,6 +215,19 @@ class Predictor:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        self.heads = heads
+        self.untrained = untrained_outputs(heads, self.severity_targets)
+        self.caveats = caveats(heads, training_data, self.severity_targets)
+        self.synthetic_only = synthetic_only(heads, training_data)
+        self.keep_untrained = bool(keep_untrained)
+        self._warned_synthetic = False
+        if self.untrained:
+            log.info(
+                "%s: some heads saw no training targets; their outputs are %s: %s",
+                checkpoint or "model",
+                "kept but flagged untrained" if keep_untrained else "withheld from every prediction",
+                ", ".join(sorted(self.untrained)),
+            )
 
     @property
     def classes(self) -> list[str]:
@@ -165,10 +240,32 @@ class Predictor:
         return list(self.net.severity_targets)
 
     def __repr__(self) -> str:
+        untrained = f", untrained={sorted(self.untrained)}" if self.untrained else ""
         return (
             f"Predictor(classes={self.classes}, image_size={self.preprocessing.image_size}, "
-            f"device={self.device}, checkpoint={self.checkpoint!r})"
+            f"device={self.device}, checkpoint={self.checkpoint!r}{untrained})"
         )
+
+    def warn_if_synthetic_only(self) -> bool:
+        """Warn, once per predictor, that a phantom-only model is about to read real radiographs.
+
+        Called when the first image file is read (arrays and tensors do not warn: they are often phantoms);
+        callers that know they will read real files may call it up front.
+
+        Returns:
+            Whether this call issued the warning.
+        """
+        if not self.synthetic_only or self._warned_synthetic:
+            return False
+        self._warned_synthetic = True
+        warnings.warn(
+            f"{self.checkpoint or 'this model'}: {SYNTHETIC_CAVEAT}. Its outputs on real image files show "
+            "what it learned from phantoms and nothing more; fine-tune it on a real dataset "
+            "(python -m cxrnet.train data=<name> ...) before reading anything into them.",
+            SyntheticTrainingWarning,
+            stacklevel=3,
+        )
+        return True
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -230,28 +327,41 @@ class Predictor:
                 path = Path(raw)
                 try:
                     image = read_image(path)
+                    self.warn_if_synthetic_only()
+                    item = self._prepare(image, {"source": str(path)})
+                    preview = _preview(image, preview_size)
                 except ImageReadError as err:
                     slots.append((path, err.reason, None))
                     continue
                 except Exception as err:  # a broken file must not end a run over thousands of them
-                    log.warning("unexpected error reading %s", path, exc_info=True)
+                    log.warning("unexpected error preparing %s", path, exc_info=True)
                     slots.append((path, f"{type(err).__name__}: {err}", None))
                     continue
-                items.append(self._prepare(image, {"source": str(path)}))
-                slots.append((path, None, _preview(image, preview_size)))
+                items.append(item)
+                slots.append((path, None, preview))
                 del image
-            predictions = self._run(items)
+            out = self._forward([item.square for item in items]) if items else {}
+            index = 0
             for path, error, preview in slots:
                 if error is not None:
                     yield FileResult(path, None, error, None)
-                else:
-                    yield FileResult(path, next(predictions), None, preview)
+                    continue
+                item, index = items[index], index + 1
+                try:
+                    prediction = self._finish(out, index - 1, item)
+                except Exception as err:  # e.g. an image too odd in shape for the maps: one error row
+                    log.warning("unexpected error predicting %s", path, exc_info=True)
+                    yield FileResult(path, None, f"{type(err).__name__}: {err}", None)
+                    continue
+                yield FileResult(path, prediction, None, preview)
 
     # ----------------------------------------------------------------------------------- internals
 
     def _load(self, x: ImageInput) -> tuple[np.ndarray, dict[str, Any]]:
         if isinstance(x, (str, os.PathLike)):
-            return read_image(x), {"source": str(x)}
+            image = read_image(x)
+            self.warn_if_synthetic_only()
+            return image, {"source": str(x)}
         if isinstance(x, torch.Tensor):
             return to_gray(x), {"source": "<tensor>"}
         if isinstance(x, np.ndarray):
@@ -294,25 +404,35 @@ class Predictor:
 
     def _finish(self, out: dict[str, np.ndarray], i: int, item: _Item) -> Prediction:
         geo = item.geometry
+        withheld = frozenset() if self.keep_untrained else self.untrained
         lung_mask = unletterbox(out["lung"][i], geo) > 0.5
         infection = np.clip(unletterbox(out["infection"][i], geo), 0.0, 1.0)
-        explanation = np.clip(unletterbox(out["explanation"][i], geo), 0.0, 1.0)
+        explanation = None
+        if "explanation" not in withheld:
+            explanation = np.clip(unletterbox(out["explanation"][i], geo), 0.0, 1.0)
         probs = out["probabilities"][i]
-        severity: dict[str, dict[str, Any]] = {
-            "from_maps": self._map_severity(out, i, geo, lung_mask, infection)
-        }
+        severity: dict[str, dict[str, Any]] = {}
+        if "severity.from_maps" not in withheld:
+            severity["from_maps"] = self._map_severity(out, i, geo, lung_mask, infection)
         if "severity" in out:
-            severity["learned"] = {
-                name: float(value) for name, value in zip(self.severity_targets, out["severity"][i])
+            learned = {
+                name: float(value)
+                for name, value in zip(self.severity_targets, out["severity"][i])
+                if f"severity.learned.{name}" not in withheld
             }
+            if learned:
+                severity["learned"] = learned
+        classified = "probabilities" not in withheld
         return Prediction(
-            probabilities={name: float(p) for name, p in zip(self.classes, probs)},
-            label=self.classes[int(np.argmax(probs))],
-            lung_mask=lung_mask,
-            infection_map=infection,
+            probabilities={name: float(p) for name, p in zip(self.classes, probs)} if classified else {},
+            label=self.classes[int(np.argmax(probs))] if classified else None,
+            lung_mask=None if "lung_mask" in withheld else lung_mask,
+            infection_map=None if "infection_map" in withheld else infection,
             explanation=explanation,
             severity=severity,
             meta=item.meta,
+            untrained=self.untrained,
+            caveats=list(self.caveats),
         )
 
     @staticmethod
@@ -349,7 +469,10 @@ def _chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def load_model(
-    checkpoint: str | os.PathLike, device: str | torch.device = "cpu", batch_size: int = 8
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    keep_untrained: bool = False,
 ) -> Predictor:
     """Load a cxrnet checkpoint safely (weights only, nothing downloaded) as a :class:`Predictor`.
 
@@ -357,6 +480,8 @@ def load_model(
         checkpoint: a ``.ckpt`` written by ``python -m cxrnet.train`` or :func:`cxrnet.checkpoint.save_checkpoint`.
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``, ...
         batch_size: images per forward pass when predicting on lists and folders.
+        keep_untrained: return the outputs of heads that saw no training target too (still named in
+            :attr:`Prediction.untrained`); by default they are withheld.
 
     Raises:
         CheckpointError: the file is missing or not a cxrnet checkpoint.
@@ -366,5 +491,13 @@ def load_model(
     net, meta = load_network(checkpoint)
     temperature = float(meta.get("temperature", 1.0))  # set by python -m cxrnet.calibrate
     return Predictor(
-        net, preprocessing_of(meta), device, batch_size, checkpoint=str(checkpoint), temperature=temperature
+        net,
+        preprocessing_of(meta),
+        device,
+        batch_size,
+        checkpoint=str(checkpoint),
+        temperature=temperature,
+        heads=meta.get("heads"),
+        training_data=meta.get("training_data"),
+        keep_untrained=keep_untrained,
     )

@@ -2,9 +2,20 @@
 
 Writes ``<out>/predictions.csv`` and ``<out>/predictions.jsonl`` (one row per input, written and flushed as
 each image completes), ``<out>/overlays/<name>.png`` and ``<out>/summary.json``. Memory stays flat over any
-number of files. A file that cannot be read becomes an error row and the run goes on. Re-running with the
-same ``output_dir`` resumes: files already recorded are skipped, and a line half-written by a killed run
-is dropped.
+number of files. A file that cannot be read or predicted becomes an error row and the run goes on; an
+overlay that cannot be drawn leaves the row's numbers and names the reason in its ``error`` column.
+Re-running with the same ``output_dir`` resumes: files already recorded are skipped, and a line
+half-written by a killed run is dropped. Inputs are keyed by their resolved path, so a folder reached
+through a symlink (or under another name) is not predicted again.
+
+One run writes into an output folder at a time: a second run on the same folder while the first is still
+going fails at once with ``another cxrnet.predict is writing to <folder> (pid N)``, or, with
+``lock_wait=<seconds>``, waits for it and then skips what it wrote (see :mod:`cxrnet.output_lock`). A folder
+that cannot be created or written is refused with one line naming it, before the model is loaded.
+
+Outputs of heads that saw no training target (see :mod:`cxrnet.provenance`) are written as ``untrained``
+in the CSV and left out of the JSONL records (which list them under ``untrained``); ``summary.json`` names
+them and carries the model's caveats (e.g. trained on synthetic phantoms only).
 
 ``predict(cfg)`` does the work and can be called from Python with a composed config; ``main`` is the thin
 Hydra wrapper.
@@ -18,6 +29,7 @@ import io
 import json
 import logging
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -26,12 +38,13 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cxrnet.data.io import IMAGE_SUFFIXES, find_images, is_dicom
 from cxrnet.inference import FileResult, Predictor, load_model
+from cxrnet.output_lock import OutputFolderError, locked_output_folder
 from cxrnet.report.overlay import render_overlay
 
 log = logging.getLogger(__name__)
@@ -48,6 +61,8 @@ SEVERITY_COLUMNS = (
     ("grade", "grade"),
 )
 _GLOB_CHARS = frozenset("*?[")
+UNTRAINED = "untrained"
+"""CSV cell of an output whose head saw no training target."""
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -67,15 +82,23 @@ def resolve_inputs(specs: str | Sequence[str], recursive: bool = True) -> tuple[
         recursive: search sub-folders of a folder.
 
     Returns:
-        (absolute paths without duplicates, in order; their common folder).
+        (resolved paths without duplicates, in order; their common folder). Resolved (symlinks followed),
+        so that a file reached twice, through a symlinked folder or two specs, is predicted once and a
+        rerun under another name of the same folder resumes.
 
     Raises:
         FileNotFoundError: a spec matches nothing; the message says what was looked for.
+        ValueError: a spec is a FIFO, socket or device (reading it would block or never end).
     """
     specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
     found: dict[Path, None] = {}
     for spec in map(str, specs):
         path = Path(spec).expanduser()
+        if path.exists() and not (path.is_dir() or stat.S_ISREG(path.stat().st_mode)):
+            raise ValueError(
+                f"input {spec!r} is not a regular file or a folder (a FIFO, socket or device, which would "
+                "block the reader); pass image files, a folder or a glob pattern"
+            )
         if path.exists():
             matches = find_images(path, recursive=recursive)
         elif _GLOB_CHARS & set(spec):
@@ -88,7 +111,7 @@ def resolve_inputs(specs: str | Sequence[str], recursive: bool = True) -> tuple[
             raise FileNotFoundError(
                 f"input {spec!r} holds no image files (PNG, JPEG, BMP, TIFF, DICOM: {sorted(IMAGE_SUFFIXES)})"
             )
-        found.update((p.absolute(), None) for p in matches)
+        found.update((p.resolve(), None) for p in matches)
     paths = list(found)
     root = Path(os.path.commonpath([p.parent for p in paths]))
     return paths, root
@@ -138,21 +161,38 @@ def csv_columns(classes: Sequence[str], severity_targets: Sequence[str]) -> list
     ]
 
 
-def _records(result: FileResult, overlay: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The CSV row and the JSON record of one result."""
+def _records(
+    result: FileResult,
+    overlay: str | None,
+    classes: Sequence[str] = (),
+    severity_targets: Sequence[str] = (),
+    overlay_error: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CSV row and the JSON record of one result (``classes``, ``severity_targets``: the model's)."""
     path = str(result.path)
     if result.prediction is None:
         error = " ".join(str(result.error).split())  # one line, so that one row is one line
         failed = {"path": path, "status": "error", "error": error}
         return failed, dict(failed)
     pred = result.prediction
-    maps = pred.severity["from_maps"]
-    row: dict[str, Any] = {"path": path, "status": "ok", "error": "", "label": pred.label}
-    row.update({f"prob_{c}": round(p, 6) for c, p in pred.probabilities.items()})
-    row.update({column: _rounded(maps[key]) for column, key in SEVERITY_COLUMNS})
-    row.update({f"learned_{t}": round(v, 4) for t, v in pred.severity.get("learned", {}).items()})
+    row: dict[str, Any] = {"path": path, "status": "ok", "error": "", "label": pred.label or UNTRAINED}
+    if "probabilities" in pred.untrained:
+        row.update({f"prob_{c}": UNTRAINED for c in classes})
+    else:
+        row.update({f"prob_{c}": round(p, 6) for c, p in pred.probabilities.items()})
+    maps = pred.severity.get("from_maps")
+    if maps is None or "severity.from_maps" in pred.untrained:
+        row.update({column: UNTRAINED for column, _ in SEVERITY_COLUMNS})
+    else:
+        row.update({column: _rounded(maps[key]) for column, key in SEVERITY_COLUMNS})
+    learned = pred.severity.get("learned", {})
+    for target in severity_targets:
+        untrained = f"severity.learned.{target}" in pred.untrained or target not in learned
+        row[f"learned_{target}"] = UNTRAINED if untrained else round(learned[target], 4)
     row.update(height=pred.meta["height"], width=pred.meta["width"], overlay=overlay or "")
     record = {"path": path, "status": "ok", "error": None, **pred.to_dict(), "overlay": overlay}
+    if overlay_error:
+        row["error"] = record["error"] = f"overlay not drawn: {overlay_error}"
     return row, record
 
 
@@ -253,17 +293,43 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         Summary of this run: ``n_inputs``, ``n_ok``, ``n_error``, ``n_skipped`` (finished by an earlier run),
         ``n_remaining`` (left for a later run by ``limit``), ``seconds``, ``seconds_per_image``.
+
+    Raises:
+        OutputFolderError: ``cfg.output_dir`` cannot be created or written (the message names it).
+        OutputFolderBusyError: another run is writing into ``cfg.output_dir`` and did not finish within
+            ``cfg.lock_wait`` seconds.
     """
+    out_dir = Path(cfg.output_dir)
+    # The lock covers everything from reading what an earlier run left to the summary: a second run
+    # repairing or appending meanwhile would duplicate rows or replace the CSV under the first run's feet.
+    with locked_output_folder(out_dir, owner="cxrnet.predict", wait=cfg.get("lock_wait") or 0):
+        return _predict(cfg, out_dir)
+
+
+def _predict(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    out_dir = Path(cfg.output_dir)
     specs = cfg.input if isinstance(cfg.input, (list, ListConfig)) else [cfg.input]
     paths, root = resolve_inputs([str(s) for s in specs], recursive=cfg.get("recursive", True))
     model: Predictor = load_model(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size)
     columns = csv_columns(model.classes, model.severity_targets)
+    if model.untrained:
+        log.warning(
+            "%s: outputs of heads that saw no training target are written as %r, not as numbers: %s",
+            cfg.checkpoint,
+            UNTRAINED,
+            ", ".join(sorted(model.untrained)),
+        )
+    # Phantom-only models warn through the warnings module, once, before the first file; the per-head
+    # caveats of mixed training go to the log. All caveats also end up in summary.json and the last log line.
+    model.warn_if_synthetic_only()
+    for caveat in model.caveats:
+        if not model.synthetic_only:
+            log.warning("%s: %s", cfg.checkpoint, caveat)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     finished = load_finished(out_dir, columns, retry_errors=cfg.get("retry_errors", False))
+    # Rows of runs before inputs were resolved name files as given: match them by the file they name.
+    finished |= {str(Path(p).resolve()) for p in finished}
     names = overlay_names(paths, root)
     todo = [p for p in paths if str(p) not in finished]
     skipped = len(paths) - len(todo)
@@ -295,11 +361,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             writer.writeheader()
         task = progress.add_task("predict", total=len(todo), rate="")
         for result in model.predict_files(todo, preview_size=cfg.get("overlay_size", 512)):
-            overlay = None
+            overlay, overlay_error = None, None
             if result.prediction is not None and cfg.overlays:
-                overlay = f"{OVERLAY_DIR}/{names[result.path]}"
-                render_overlay(result.preview, result.prediction, out_dir / overlay, title=str(result.path))
-            row, record = _records(result, overlay)
+                overlay, overlay_error = _draw(result, out_dir, f"{OVERLAY_DIR}/{names[result.path]}")
+            row, record = _records(result, overlay, model.classes, model.severity_targets, overlay_error)
             # JSONL first: a row counts as finished only once it is in both files.
             jsonl_file.write(json.dumps(record) + "\n")
             jsonl_file.flush()
@@ -323,24 +388,65 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "seconds_per_image": round(seconds / done, 4) if done else None,
         "output_dir": str(out_dir),
         "overlays": bool(cfg.overlays) and overlay_dir.exists(),
+        "untrained": sorted(model.untrained),
+        "caveats": list(model.caveats),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     per_image = f"{summary['seconds_per_image']:.3f} s per image" if done else "nothing to do"
     log.info(
-        "done: %d ok, %d error, %d skipped (already done)%s; %s; results in %s",
+        "done: %d ok, %d error, %d skipped (already done)%s; %s; results in %s%s",
         counts["ok"],
         counts["error"],
         skipped,
         f", {remaining} left for a later run (limit={limit})" if remaining else "",
         per_image,
         out_dir / CSV_NAME,
+        "".join(f"\n  caveat: {caveat}" for caveat in model.caveats),
     )
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    predict(cfg)
+def _draw(result: FileResult, out_dir: Path, overlay: str) -> tuple[str | None, str | None]:
+    """Render one overlay; ``(relative path, None)``, or ``(None, reason)`` when it cannot be drawn.
+
+    A figure that fails (an image shape matplotlib cannot draw, a full disk) must neither end the run nor
+    lose the prediction's numbers, and a rerun must not stumble over the same file again.
+    """
+    try:
+        render_overlay(result.preview, result.prediction, out_dir / overlay, title=str(result.path))
+    except Exception as err:
+        log.warning("%s: overlay not drawn", result.path, exc_info=True)
+        return None, " ".join(f"{type(err).__name__}: {err}".split())
+    return overlay, None
+
+
+def _run(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except OutputFolderError as err:
+        # One line, not a traceback: nothing failed in the program, the folder needs the user's attention.
+        raise SystemExit(f"cxrnet.predict: {err}") from None
+
+
+def nearest_folder(path: str) -> str:
+    """``path`` when it is a folder, else its nearest existing ancestor (``${cxrnet_nearest_folder:...}``).
+
+    Hydra's run directory: Hydra creates it before the job starts and would fail there with a traceback
+    for a folder that cannot be created; :func:`predict` creates ``output_dir`` itself and says clearly
+    what is wrong. Nothing is written into the ancestor (``hydra.output_subdir`` is null and the log
+    file is named after ``output_dir``).
+    """
+    folder = Path(str(path)).expanduser().absolute()
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return str(folder)
+
+
+def main() -> None:
+    """Command-line entry point (Hydra): see ``cxrnet/conf/predict.yaml``."""
+    if not OmegaConf.has_resolver("cxrnet_nearest_folder"):
+        OmegaConf.register_new_resolver("cxrnet_nearest_folder", nearest_folder)
+    hydra.main(version_base="1.3", config_path="conf", config_name="predict")(_run)()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Import the fixtures into a test module (``from inference_helpers import tiny_che
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,8 +14,11 @@ import torch
 from PIL import Image
 
 from cxrnet.checkpoint import save_checkpoint
+from cxrnet.data.records import Record
+from cxrnet.data.synthetic import synthetic_splits
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.models import CXRNet, create_model
+from cxrnet.provenance import training_heads
 
 CLASSES = ["normal", "bacterial", "viral", "covid19"]
 SEVERITY_TARGETS = ["geographic_extent", "brixia"]
@@ -34,9 +38,32 @@ def tiny_net(seed: int = 0) -> CXRNet:
     ).eval()
 
 
-def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Save :func:`tiny_net` with 64-pixel preprocessing as a cxrnet checkpoint."""
-    return save_checkpoint(path, tiny_net(seed), Preprocessing(image_size=IMAGE_SIZE, mean=0.5, std=0.25))
+def write_tiny_checkpoint(path: Path, seed: int = 0, **extra: Any) -> Path:
+    """Save :func:`tiny_net` with 64-pixel preprocessing as a cxrnet checkpoint (``extra``: more metadata)."""
+    preprocessing = Preprocessing(image_size=IMAGE_SIZE, mean=0.5, std=0.25)
+    return save_checkpoint(path, tiny_net(seed), preprocessing, extra or None)
+
+
+def cohen_heads() -> dict[str, Any]:
+    """The ``heads`` record of a model trained on Cohen-like data: lung masks, labels, extent; no infection."""
+    records = [
+        Record(
+            path=f"/data/cohen/{i}.png",
+            patient_id=f"p{i}",
+            source="cohen",
+            label="covid19",
+            lung_mask=(f"/data/cohen/masks/{i}.png",),
+            severity={"geographic_extent": 2.0},
+        )
+        for i in range(4)
+    ]
+    return training_heads(records, CLASSES, SEVERITY_TARGETS)
+
+
+def synthetic_heads() -> dict[str, Any]:
+    """The ``heads`` record of a model trained on phantoms only."""
+    items = synthetic_splits(n_train=8, n_val=0, n_test=0, size=32, classes=CLASSES)["train"]
+    return training_heads(items, CLASSES, SEVERITY_TARGETS)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,15 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
 from cxrnet.checkpoint import save_checkpoint
+from cxrnet.data.records import Record
 from cxrnet.data.splits import image_hash
 from cxrnet.data.synthetic import synthetic_splits
 from cxrnet.data.transforms import Preprocessing
-from cxrnet.evaluate import data_config, evaluate, to_json
+from cxrnet.evaluate import data_config, evaluate, to_json, training_caveats
 from cxrnet.evaluation.summary import describe_metric
 from cxrnet.leakage import LeakageError, fingerprint, training_fingerprint
 from cxrnet.models import create_model
+from cxrnet.provenance import SYNTHETIC_CAVEAT, training_heads
 
 CLASSES = ["normal", "bacterial", "viral", "covid19"]
 DATA_SEED = 7  # stored in the checkpoint's config; evaluate must split the data with it
@@ -242,3 +245,76 @@ def test_without_training_data_the_report_warns_that_leakage_was_not_checked(tmp
     assert _strict_json(out / "metrics_ci.json")["intervals"] == {}
     assert "could not be checked" in (out / "report.html").read_text()
     assert not (out / "plots" / "segmentation_best.png").exists()
+
+
+@pytest.mark.slow
+def test_an_older_checkpoint_scores_every_head(evaluated: tuple[Path, dict[str, Any], Path]) -> None:
+    out, metrics, _ = evaluated
+    assert metrics["heads/recorded"] is False and metrics["heads/infection/trained"] is True
+    assert math.isnan(metrics["heads/infection/n_train"])
+    assert 0 <= metrics["infection/dice/mean"] <= 1 and not math.isnan(metrics["severity/map/brixia/mae"])
+    assert _strict_json(out / "run.json")["heads"]["untrained"] == []
+    assert "predates that record" in (out / "report.md").read_text()
+
+
+def lung_only_heads() -> dict[str, Any]:
+    """A model trained on Cohen-like records: lung masks, labels and extent scores, no infection masks."""
+    records = [
+        Record(
+            f"/c/{i}.png",
+            f"p{i}",
+            "cohen",
+            label="covid19",
+            lung_mask=("m.png",),
+            severity={"geographic_extent": 2},
+        )
+        for i in range(6)
+    ]
+    return training_heads(records, CLASSES, ["geographic_extent", "brixia"])
+
+
+@pytest.mark.slow
+def test_metrics_of_an_untrained_infection_head_are_withheld(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", heads=lung_only_heads())
+    out = tmp_path / "out"
+    cfg = compose_evaluate(f"checkpoint={ckpt}", f"output_dir={out}", "bootstrap.n_resamples=20")
+    metrics = evaluate(cfg)
+    stored = _strict_json(out / "metrics.json")
+    assert stored["heads/recorded"] is True and stored["heads/infection/trained"] is False
+    assert stored["heads/infection/n_train"] == 0 and stored["heads/lung/n_train"] == 6
+    # Data counts stay; every score of the untrained head, and the severity derived from it, is null.
+    assert stored["infection/n"] == 16 and stored["infection/nonempty/n"] == 12
+    for key in (
+        "infection/dice/mean",
+        "infection/nonempty/dice/mean",
+        "infection/empty/false_positive_rate",
+        "severity/map/brixia/mae",
+        "severity/map/geographic_extent/pearson_r",
+        "severity/learned/brixia/mae",
+    ):
+        assert stored[key] is None and math.isnan(metrics[key]), key
+    assert 0 <= stored["lung/dice/mean"] <= 1 and stored["severity/learned/geographic_extent/mae"] is not None
+    assert not [k for k in stored if not describe_metric(k)], "every key is documented"
+    intervals = _strict_json(out / "metrics_ci.json")["intervals"]
+    assert "lung/dice/mean" in intervals
+    assert not [
+        k for k in intervals if k.startswith(("infection/", "severity/map/", "severity/learned/brixia/"))
+    ]
+    plots = {p.stem for p in (out / "plots").glob("*.png")}
+    assert "severity_learned_geographic_extent" in plots and "segmentation_best" in plots
+    assert not {"severity_map_brixia", "severity_map_geographic_extent", "severity_learned_brixia"} & plots
+    run = _strict_json(out / "run.json")
+    assert run["heads"]["untrained"] == ["infection_map", "severity.from_maps", "severity.learned.brixia"]
+    assert run["caveats"] == []  # phantom test data: nothing to caution about
+    report = (out / "report.md").read_text().replace("\\_", "_")
+    assert "Heads and their training data" in report and "untrained: scores withheld" in report
+    assert "infection head saw no training targets" in report
+
+
+def test_a_phantom_only_model_evaluated_on_real_data_carries_the_caveat() -> None:
+    meta = {"heads": None, "training_data": {"source": ["synthetic"]}}
+    assert training_caveats(meta, SimpleNamespace(sources=["cohen", "synthetic"])) == [SYNTHETIC_CAVEAT]
+    assert training_caveats(meta, SimpleNamespace(sources=["synthetic"])) == []
+    assert (
+        training_caveats({"training_data": {"source": ["cohen"]}}, SimpleNamespace(sources=["cohen"])) == []
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import cxrnet
 from cxrnet import Prediction, Predictor, load_model
 from cxrnet.checkpoint import CheckpointError
 from cxrnet.data.io import ImageReadError
+from cxrnet.inference import SyntheticTrainingWarning
+from cxrnet.provenance import SYNTHETIC_CAVEAT
 from cxrnet.severity import assess_severity
 
 from inference_helpers import (
@@ -22,12 +25,15 @@ from inference_helpers import (
     IMAGE_SIZE,
     SEVERITY_SCALES,
     SEVERITY_TARGETS,
+    cohen_heads,
     radiograph,
+    synthetic_heads,
     tiny_checkpoint,
     tiny_net,
     write_corrupt_files,
     write_monochrome1_dicom,
     write_png,
+    write_tiny_checkpoint,
 )
 
 __all__ = ["tiny_checkpoint"]  # a fixture, used by name
@@ -252,3 +258,101 @@ def test_a_calibrated_checkpoint_divides_the_logits_by_its_temperature(tmp_path:
     expected = np.exp(logits / 4.0) / np.exp(logits / 4.0).sum()
     np.testing.assert_allclose(p_hot, expected, atol=1e-5)
     assert p_hot.max() < p_plain.max()  # a higher temperature softens the prediction
+
+
+# ------------------------------------------------------------------------- untrained heads and caveats
+
+
+def test_an_untrained_infection_head_gives_no_map_and_no_severity_from_maps(
+    model: Predictor, tmp_path: Path
+) -> None:
+    cohen = load_model(write_tiny_checkpoint(tmp_path / "cohen.ckpt", heads=cohen_heads()))
+    assert cohen.untrained == {"infection_map", "severity.from_maps", "severity.learned.brixia"}
+    assert "untrained" in repr(cohen)
+    pred = cohen.predict(radiograph(90, 80))
+    assert pred.untrained == cohen.untrained and pred.caveats == []
+    assert pred.infection_map is None
+    assert "from_maps" not in pred.severity, "severity from an untrained head must not read as a finding"
+    assert pred.severity["learned"].keys() == {"geographic_extent"}
+    # What was trained is unchanged (the same weights as the model without a record).
+    old = model.predict(radiograph(90, 80))
+    assert pred.probabilities == old.probabilities and pred.label == old.label
+    np.testing.assert_array_equal(pred.lung_mask, old.lung_mask)
+    np.testing.assert_array_equal(pred.explanation, old.explanation)
+    summary = json.loads(json.dumps(pred.to_dict(include_maps=True)))
+    assert summary["untrained"] == sorted(cohen.untrained) and summary["infection_map"] is None
+    assert "from_maps" not in summary["severity"]
+
+
+def test_keep_untrained_returns_the_outputs_but_still_flags_them(model: Predictor, tmp_path: Path) -> None:
+    path = write_tiny_checkpoint(tmp_path / "cohen.ckpt", heads=cohen_heads())
+    kept = load_model(path, keep_untrained=True).predict(radiograph(70, 60))
+    old = model.predict(radiograph(70, 60))
+    assert "infection_map" in kept.untrained and "severity.from_maps" in kept.untrained
+    np.testing.assert_allclose(kept.infection_map, old.infection_map)
+    assert kept.severity["from_maps"] == old.severity["from_maps"]
+    assert set(kept.severity["learned"]) == set(SEVERITY_TARGETS)
+
+
+def test_older_checkpoints_report_every_head_and_never_warn(model: Predictor, tmp_path: Path) -> None:
+    assert model.untrained == frozenset() and model.caveats == [] and not model.synthetic_only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SyntheticTrainingWarning)
+        pred = model.predict(write_png(tmp_path / "cxr.png", radiograph(60, 60)))
+    assert pred.untrained == frozenset() and pred.caveats == []
+    assert pred.infection_map is not None and set(pred.severity) == {"from_maps", "learned"}
+
+
+def test_a_phantom_only_model_warns_once_per_predictor_on_real_files(tmp_path: Path) -> None:
+    path = write_tiny_checkpoint(tmp_path / "synthetic.ckpt", heads=synthetic_heads())
+    files = [write_png(tmp_path / f"cxr{i}.png", radiograph(60, 50, seed=i)) for i in range(3)]
+    phantom_model = load_model(path)
+    assert phantom_model.synthetic_only and phantom_model.caveats == [SYNTHETIC_CAVEAT]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_array = phantom_model.predict(radiograph(60, 50))  # arrays are often phantoms: no warning
+        assert not caught
+        phantom_model.predict(files[0])
+        phantom_model.predict(files[1:])
+        results = list(phantom_model.predict_files(files))
+        load_model(path).predict(files[0])  # a new predictor warns again
+    synthetic = [w for w in caught if issubclass(w.category, SyntheticTrainingWarning)]
+    assert len(synthetic) == 2
+    assert SYNTHETIC_CAVEAT in str(synthetic[0].message) and "synthetic.ckpt" in str(synthetic[0].message)
+    assert from_array.caveats == [SYNTHETIC_CAVEAT] == results[0].prediction.caveats
+    assert from_array.to_dict()["caveats"] == [SYNTHETIC_CAVEAT]
+
+
+def test_an_older_phantom_checkpoint_is_told_by_its_training_fingerprint(tmp_path: Path) -> None:
+    path = write_tiny_checkpoint(tmp_path / "old.ckpt", training_data={"source": ["synthetic"], "n_items": 8})
+    with pytest.warns(SyntheticTrainingWarning, match="not validated on real radiographs"):
+        pred = load_model(path).predict(write_png(tmp_path / "cxr.png", radiograph(60, 50)))
+    assert pred.untrained == frozenset() and pred.caveats == [SYNTHETIC_CAVEAT]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (1, 300), (30000, 20), (20, 30000)])
+def test_tiny_and_extreme_images_predict(model: Predictor, tmp_path: Path, shape: tuple[int, int]) -> None:
+    path = write_png(tmp_path / "odd.png", np.full(shape, 128, np.uint8))
+    (result,) = model.predict_files([path], preview_size=512)
+    assert result.error is None, result.error
+    check_prediction(result.prediction, shape)
+    assert result.preview.shape[0] >= min(shape[0], 16) and result.preview.shape[1] >= min(shape[1], 16)
+
+
+class _FailsOnWideImages(Predictor):
+    def _finish(self, out: dict[str, np.ndarray], i: int, item: object) -> Prediction:
+        if item.meta["width"] > 1000:  # type: ignore[attr-defined]
+            raise RuntimeError("cannot score this one")
+        return super()._finish(out, i, item)  # type: ignore[arg-type]
+
+
+def test_a_file_that_fails_after_reading_is_one_error_result(model: Predictor, tmp_path: Path) -> None:
+    files = [
+        write_png(tmp_path / "a.png", radiograph(60, 50)),
+        write_png(tmp_path / "wide.png", radiograph(20, 3000)),
+        write_png(tmp_path / "b.png", radiograph(50, 60)),
+    ]
+    results = list(_FailsOnWideImages(model.net, model.preprocessing).predict_files(files, batch_size=3))
+    assert [r.path for r in results] == files
+    assert [r.error is None for r in results] == [True, False, True]
+    assert "cannot score this one" in results[1].error and results[1].prediction is None

@@ -9,21 +9,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+import cxrnet.predict
 from cxrnet.data.phantoms import write_phantom_folder
-from cxrnet.predict import csv_columns, load_finished, overlay_names, predict, resolve_inputs
+from cxrnet.inference import SyntheticTrainingWarning
+from cxrnet.predict import UNTRAINED, csv_columns, load_finished, overlay_names, predict, resolve_inputs
+from cxrnet.provenance import SYNTHETIC_CAVEAT
 
 from inference_helpers import (
     CLASSES,
     SEVERITY_TARGETS,
+    cohen_heads,
     radiograph,
+    synthetic_heads,
     tiny_checkpoint,
     write_corrupt_files,
     write_monochrome1_dicom,
     write_png,
+    write_tiny_checkpoint,
 )
 
 __all__ = ["tiny_checkpoint"]  # a fixture, used by name
@@ -198,3 +205,84 @@ def test_command_line_writes_only_into_output_dir(tiny_checkpoint: Path, tmp_pat
     rows = read_csv(out / "predictions.csv")
     assert [Path(r["path"]).name for r in rows] == [p.name for p in images]
     assert len(list((out / "overlays").glob("*.png"))) == 3
+
+
+ODD_SHAPES = {"one": (1, 1), "two": (2, 2), "tall": (30000, 20), "wide": (20, 30000), "line": (1, 400)}
+
+
+def test_tiny_and_extreme_images_give_one_row_each_and_reruns_do_not_stumble(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "in"
+    for name, shape in ODD_SHAPES.items():
+        write_png(images / f"{name}.png", np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    write_png(images / "normal.png", radiograph(80, 70))
+    (images / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    summary = predict(compose_predict(tiny_checkpoint, images, out))
+    assert (summary["n_ok"], summary["n_error"]) == (len(ODD_SHAPES) + 1, 1)
+    rows = {Path(r["path"]).stem: r for r in read_csv(out / "predictions.csv")}
+    assert len(rows) == len(ODD_SHAPES) + 2 == len(read_jsonl(out / "predictions.jsonl"))
+    for name, shape in ODD_SHAPES.items():
+        row = rows[name]
+        assert (row["status"], row["error"]) == ("ok", ""), row
+        assert (int(row["height"]), int(row["width"])) == shape
+        assert (out / row["overlay"]).is_file()
+    assert rows["empty"]["status"] == "error"
+    again = predict(compose_predict(tiny_checkpoint, images, out))
+    assert (again["n_ok"], again["n_error"], again["n_skipped"]) == (0, 0, len(ODD_SHAPES) + 2)
+
+
+def test_an_overlay_that_cannot_be_drawn_keeps_the_row(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = [write_png(tmp_path / "in" / f"cxr{i}.png", radiograph(60, 50, seed=i)) for i in range(3)]
+    real = cxrnet.predict.render_overlay
+
+    def fails_on_cxr1(image: np.ndarray, prediction: object, path: Path, **kwargs: object) -> Path:
+        if "cxr1" in str(path):
+            raise TypeError("Input z must be at least a (2, 2) shaped array")
+        return real(image, prediction, path, **kwargs)
+
+    monkeypatch.setattr(cxrnet.predict, "render_overlay", fails_on_cxr1)
+    out = tmp_path / "out"
+    summary = predict(compose_predict(tiny_checkpoint, tmp_path / "in", out))
+    assert (summary["n_ok"], summary["n_error"]) == (3, 0)
+    rows = read_csv(out / "predictions.csv")
+    assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["label"] in CLASSES for r in rows)
+    failed = next(r for r in rows if Path(r["path"]) == images[1].absolute())
+    assert failed["overlay"] == "" and failed["error"].startswith("overlay not drawn: TypeError")
+    record = next(r for r in read_jsonl(out / "predictions.jsonl") if r["path"] == failed["path"])
+    assert record["overlay"] is None and record["error"] == failed["error"]
+    assert predict(compose_predict(tiny_checkpoint, tmp_path / "in", out))["n_skipped"] == 3
+
+
+def test_outputs_of_untrained_heads_are_written_as_untrained(tmp_path: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "cohen.ckpt", heads=cohen_heads())
+    for i in range(2):
+        write_png(tmp_path / "in" / f"cxr{i}.png", radiograph(70, 60, seed=i))
+    out = tmp_path / "out"
+    summary = predict(compose_predict(ckpt, tmp_path / "in", out))
+    assert summary["untrained"] == ["infection_map", "severity.from_maps", "severity.learned.brixia"]
+    assert summary["caveats"] == []
+    for row in read_csv(out / "predictions.csv"):
+        assert row["status"] == "ok" and row["label"] in CLASSES
+        for column in ("infected_fraction_right", "brixia_total", "grade", "learned_brixia"):
+            assert row[column] == UNTRAINED, column
+        assert float(row["learned_geographic_extent"]) >= 0 and float(row["prob_covid19"]) > 0
+    for record in read_jsonl(out / "predictions.jsonl"):
+        assert record["untrained"] == summary["untrained"]
+        assert set(record["severity"]) == {"learned"} and set(record["severity"]["learned"]) == {
+            "geographic_extent"
+        }
+
+
+def test_a_phantom_only_model_says_so_in_its_outputs(tmp_path: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "synthetic.ckpt", heads=synthetic_heads())
+    write_png(tmp_path / "in" / "cxr.png", radiograph(70, 60))
+    with pytest.warns(SyntheticTrainingWarning, match="synthetic phantoms only"):
+        summary = predict(compose_predict(ckpt, tmp_path / "in", tmp_path / "out", "overlays=false"))
+    assert summary["caveats"] == [SYNTHETIC_CAVEAT] and summary["untrained"] == []
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["caveats"] == [SYNTHETIC_CAVEAT]
+    (record,) = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert record["caveats"] == [SYNTHETIC_CAVEAT] and "from_maps" in record["severity"]

@@ -8,6 +8,7 @@ imported only when figures are drawn.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from cxrnet.evaluation.classification import confusion_matrix
 from cxrnet.evaluation.collect import MASKS, Collected
 from cxrnet.evaluation.summary import probabilities, severity_pairs
 from cxrnet.leakage import NOT_CHECKED
+from cxrnet.provenance import HEADS, head_training
 from cxrnet.report.writer import Figure, Section, Table, format_value, write_report
 
 NOTE = (
@@ -30,10 +32,25 @@ NOTE = (
 _SCALES = {"geographic_extent": "0-8", "brixia": "0-18", "infected_fraction": "0-1", "opacity": "0-6"}
 
 
+#: The output of each mask kind, as :func:`cxrnet.provenance.untrained_outputs` names it.
+MASK_OUTPUTS = {"lung": "lung_mask", "infection": "infection_map"}
+
+
 def write_plots(
-    collected: Collected, plot_dir: str | Path, temperature: float | None = None
+    collected: Collected,
+    plot_dir: str | Path,
+    temperature: float | None = None,
+    untrained: Collection[str] = (),
 ) -> dict[str, Path]:
     """Write every figure of the evaluation into ``plot_dir``.
+
+    Args:
+        collected: the scored split.
+        plot_dir: folder of the PNGs (created).
+        temperature: T stored in the checkpoint, or ``None``.
+        untrained: outputs of heads that saw no training target (:func:`cxrnet.provenance.untrained_outputs`);
+            they are not drawn: no classification curves without a trained classifier, no severity scatter of
+            an untrained route, no prediction of an untrained mask head in the segmentation grids.
 
     Returns:
         ``{name: path}`` with names ``roc``, ``pr``, ``confusion``, ``confusion_normalised``, ``reliability``
@@ -46,7 +63,7 @@ def write_plots(
     c, plot_dir = collected, Path(plot_dir)
     written: dict[str, Path] = {}
     labelled = c.labels >= 0
-    if labelled.any():
+    if labelled.any() and "probabilities" not in untrained:
         probs = probabilities(c, temperature or 1.0)
         written["roc"] = plots.plot_roc(c.labels, probs, c.classes, plot_dir / "roc.png")
         written["pr"] = plots.plot_pr(c.labels, probs, c.classes, plot_dir / "pr.png")
@@ -64,6 +81,8 @@ def write_plots(
         if not (~np.isnan(estimate) & ~np.isnan(reference)).any():
             continue
         route, name = key.split("/")
+        if _route_output(route, name) in untrained:
+            continue
         unit = f" ({_SCALES[name]})" if name in _SCALES else ""
         what = "map-derived" if route == "map" else "learned (severity head)"
         written[f"severity_{route}_{name}"] = plots.plot_severity_scatter(
@@ -73,12 +92,13 @@ def write_plots(
             xlabel=f"reference {name}{unit}",
             ylabel=f"{what} {name}{unit}",
         )
+    masks = [m for m in MASKS if MASK_OUTPUTS[m] not in untrained]
     for kind, examples in c.examples.items():
         worst_overall = [id(e) for e in c.examples.get("worst", [])]
         if kind == "worst_lesion" and [id(e) for e in examples] == worst_overall:
             continue  # the worst images all have lesions: the same figure twice says nothing new
-        if examples:
-            rows = [(m, e) for e in examples for m in MASKS]  # lung and infection side by side
+        if examples and masks:
+            rows = [(m, e) for e in examples for m in masks]  # lung and infection side by side
             written[f"segmentation_{kind}"] = plots.plot_segmentation_grid(
                 [e.image for _, e in rows],
                 [e.masks[m][0] for m, e in rows],
@@ -88,6 +108,11 @@ def write_plots(
                 plot_dir / f"segmentation_{kind}.png",
             )
     return written
+
+
+def _route_output(route: str, reference: str) -> str:
+    """The output a severity pair ``{route}/{reference}`` scores (``map`` or ``learned``)."""
+    return "severity.from_maps" if route == "map" else f"severity.learned.{reference}"
 
 
 _HEADLINE = (
@@ -179,13 +204,17 @@ def _classification_section(
     )
 
 
-def _segmentation_section(metrics: dict[str, Any], ci: dict[str, CI], plots: dict[str, Path]) -> Section:
+def _segmentation_section(
+    metrics: dict[str, Any], ci: dict[str, CI], plots: dict[str, Path], untrained: Collection[str] = ()
+) -> Section:
     rows = []
     for mask, prefix in (
         ("lung", "lung"),
         ("infection", "infection"),
         ("infection, lesions only", "infection"),
     ):
+        if MASK_OUTPUTS[prefix] in untrained:
+            continue
         nonempty = mask.endswith("only")
         n = metrics["infection/nonempty/n"] if nonempty else metrics[f"{prefix}/n"]
         if not n:
@@ -200,18 +229,22 @@ def _segmentation_section(metrics: dict[str, Any], ci: dict[str, CI], plots: dic
                 "HD95 undefined": int(metrics[f"{prefix}/hd95/n_undefined"]),
             }
         rows.append(row)
-    fp_rate = metrics["infection/empty/false_positive_rate"]
     paragraphs = [
-        "Scored at the model's input resolution against the letterboxed reference masks; HD95 in pixels. "
-        f"Infection predicted on images whose reference is empty: {format_value(fp_rate)} of them."
+        "Scored at the model's input resolution against the letterboxed reference masks; HD95 in pixels."
     ]
+    if "infection_map" not in untrained:
+        fp_rate = metrics["infection/empty/false_positive_rate"]
+        paragraphs[0] += (
+            f" Infection predicted on images whose reference is empty: {format_value(fp_rate)} of them."
+        )
+    for prefix, output in MASK_OUTPUTS.items():
+        if output in untrained:
+            paragraphs.append(f"The {prefix} head saw no training targets: its scores are withheld.")
+    shown = " and ".join(m for m in MASKS if MASK_OUTPUTS[m] not in untrained)
     figures = [
         Figure(plots[k], c)
         for k, c in (
-            (
-                "segmentation_best",
-                "Best segmentations (reference green, prediction red; lung and infection).",
-            ),
+            ("segmentation_best", f"Best segmentations (reference green, prediction red; {shown})."),
             ("segmentation_worst", "Worst segmentations overall, for error analysis."),
             ("segmentation_worst_lesion", "Worst segmentations among images with a lesion in the reference."),
         )
@@ -220,11 +253,15 @@ def _segmentation_section(metrics: dict[str, Any], ci: dict[str, CI], plots: dic
     return Section("Segmentation", paragraphs, [Table(rows, caption="Lung and infection masks")], figures)
 
 
-def _severity_section(metrics: dict[str, Any], ci: dict[str, CI], plots: dict[str, Path]) -> Section:
+def _severity_section(
+    metrics: dict[str, Any], ci: dict[str, CI], plots: dict[str, Path], untrained: Collection[str] = ()
+) -> Section:
     rows = []
     pairs = {k.rsplit("/", 1)[0] for k in metrics if k.startswith("severity/")}
     for key in sorted(pairs, key=lambda k: (not k.startswith("severity/map/"), k)):  # map-derived first
         _, route, reference = key.split("/")
+        if _route_output(route, reference) in untrained:
+            continue
         rows.append(
             {
                 "estimate": "map-derived" if route == "map" else "learned (head)",
@@ -243,7 +280,54 @@ def _severity_section(metrics: dict[str, Any], ci: dict[str, CI], plots: dict[st
         "Map-derived scores come from the predicted lung and infection maps (cxrnet.severity, no training of "
         "their own); learned scores from the severity head."
     )
-    return Section("Severity", [text], [Table(rows, caption="Agreement with reference scores")], figures)
+    withheld = sorted(_describe_output(o) for o in untrained if o.startswith("severity."))
+    if withheld:
+        text += f" Withheld because their heads saw no training targets: {', '.join(withheld)}."
+    tables = [Table(rows, caption="Agreement with reference scores")] if rows else []
+    return Section("Severity", [text], tables, figures)
+
+
+_OUTPUT_NAMES = {
+    "lung_mask": "lung mask",
+    "infection_map": "infection map",
+    "explanation": "explanation map",
+    "probabilities": "class probabilities",
+    "severity.from_maps": "map-derived severity",
+}
+
+
+def _describe_output(output: str) -> str:
+    if output.startswith("severity.learned."):
+        return f"learned {output.rsplit('.', 1)[1]}"
+    return _OUTPUT_NAMES.get(output, output)
+
+
+def _heads_section(run: dict[str, Any]) -> Section:
+    """Which heads saw training targets, from which sources; which outputs are withheld and why."""
+    info = run.get("heads") or {}
+    training = info.get("training")
+    if training is None:
+        text = (
+            "The checkpoint does not record which heads saw training targets (it predates that record); every "
+            "head is assumed trained."
+        )
+        return Section("Heads and their training data", paragraphs=[text])
+    rows = []
+    for name in [*HEADS, *(f"severity/{t}" for t in info.get("severity_targets", []))]:
+        head = head_training(training, name)
+        status = "trained" if head.trained else "untrained: scores withheld"
+        if head.synthetic_only:
+            status = "trained on synthetic phantoms only"
+        sources = ", ".join(f"{s} {n}" for s, n in head.sources.items()) or "none"
+        rows.append({"head": name, "training items": head.n, "sources": sources, "status": status})
+    paragraphs = [
+        f"Outputs withheld: {', '.join(_describe_output(o) for o in info['untrained'])}."
+        if info.get("untrained")
+        else "Every head saw training targets."
+    ]
+    return Section(
+        "Heads and their training data", paragraphs, [Table(rows, caption="Training targets per head")]
+    )
 
 
 def _severity_caption(plot_name: str) -> str:
@@ -275,16 +359,20 @@ def build_report(
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and the self-contained ``report.html`` of an evaluation."""
     c, leakage = collected, run["leakage"]
+    untrained = set((run.get("heads") or {}).get("untrained", []))
     level = f"{float(run['bootstrap']['confidence']):.0%}".replace("%", " %")
-    sections = [Section("Note", paragraphs=[NOTE]), _data_section(c, run)]
+    notes = [NOTE, *(f"Caveat: {caveat}." for caveat in run.get("caveats", []))]
+    sections = [Section("Note", paragraphs=notes), _data_section(c, run), _heads_section(run)]
     sections.append(Section("Training-data overlap (leakage)", paragraphs=[_leakage_text(leakage)]))
-    if (c.labels >= 0).any():
+    if (c.labels >= 0).any() and "probabilities" not in untrained:
         sections.append(_classification_section(c, metrics, intervals, plots, level))
-    if metrics["lung/n"] or metrics["infection/n"]:
-        sections.append(_segmentation_section(metrics, intervals, plots))
+    masks_scored = [m for m in MASKS if MASK_OUTPUTS[m] not in untrained]
+    if any(metrics[f"{m}/n"] for m in MASKS) and masks_scored:
+        sections.append(_segmentation_section(metrics, intervals, plots, untrained))
     if any(k.startswith("severity/") for k in metrics):
-        sections.append(_severity_section(metrics, intervals, plots))
-    if metrics["explanation/n"] or "explanation/lung_share" in metrics:
+        sections.append(_severity_section(metrics, intervals, plots, untrained))
+    explained = metrics["explanation/n"] or "explanation/lung_share" in metrics
+    if explained and "explanation" not in untrained:
         sections.append(_explanation_section(metrics, intervals))
     model = run["model"]
     metadata = {

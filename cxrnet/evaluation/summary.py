@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from cxrnet.evaluation.calibration import apply_temperature, brier_score, expect
 from cxrnet.evaluation.classification import classification_metrics, confusion_matrix, describe_key
 from cxrnet.evaluation.collect import MASKS, Collected, MaskScores
 from cxrnet.evaluation.correlation import agreement
+from cxrnet.provenance import HEADS, head_training
 
 #: Meaning of every ``metrics.json`` key. ``{a,b}``: one of the choices (severity ``map``: derived from the
 #: predicted maps, ``learned``: the severity head); ``{name}``: one key segment, e.g. ``{class}`` a class name,
@@ -60,7 +61,25 @@ METRIC_DOCS: dict[str, str] = {
     "leakage/max_distance": "pHash Hamming distance (bits of 256) up to which images count as duplicates",
     "leakage/allowed": "evaluation ran despite overlap because allow_leakage=true",
     "bootstrap/n_resamples": "patient-level bootstrap resamples behind metrics_ci.json",
+    "heads/recorded": "whether the checkpoint records which heads saw training targets (older ones do not: "
+    "every head is then assumed trained)",
+    "heads/{lung,infection,cls}/trained": "whether this head saw training targets; the metrics of an untrained "
+    "head are null",
+    "heads/{lung,infection,cls}/n_train": "training items with a target for this head",
+    "heads/severity/{target}/{trained,n_train}": "the same for one learned severity target",
 }
+
+#: Metric keys withheld (set to NaN, ``null`` in metrics.json) for each untrained output of
+#: :func:`cxrnet.provenance.untrained_outputs`; ``severity.learned.<target>`` withholds ``severity/learned/<target>/``.
+WITHHELD_PREFIXES: dict[str, str] = {
+    "lung_mask": "lung/",
+    "infection_map": "infection/",
+    "probabilities": "cls/",
+    "explanation": "explanation/",
+    "severity.from_maps": "severity/map/",
+}
+#: Keys that count the evaluated data, not the model's output: kept for untrained heads too.
+_DATA_COUNTS = ("/n", "/n_empty_target", "/support", "cls/temperature")
 
 SPECIFICITY_TARGETS = (0.90, 0.95)
 _CLS_HEADLINE = (
@@ -95,6 +114,42 @@ def describe_metric(key: str) -> str:
         if template != "cls/{key}" and _pattern(template).fullmatch(key):
             return doc
     return ""
+
+
+def withheld(key: str, untrained: Collection[str]) -> bool:
+    """Whether metric ``key`` scores an output in ``untrained`` (names of :data:`cxrnet.provenance.OUTPUTS`).
+
+    Counts of the evaluated data (``lung/n``, ``cls/covid19/support``, ...) are never withheld.
+    """
+    if key.endswith(_DATA_COUNTS):
+        return False
+    for output in untrained:
+        if output.startswith("severity.learned."):
+            prefix = f"severity/learned/{output.rsplit('.', 1)[1]}/"
+        else:
+            prefix = WITHHELD_PREFIXES.get(output, "")
+        if prefix and key.startswith(prefix):
+            return True
+    return False
+
+
+def withhold_untrained(metrics: Mapping[str, Any], untrained: Collection[str]) -> dict[str, Any]:
+    """``metrics`` with every value of an untrained output set to NaN (``null`` in metrics.json).
+
+    The keys stay, so that tables and benchmarks keep their columns, but no number of a head that never
+    learned is reported as if it meant something; ``heads/*`` keys say why.
+    """
+    return {k: float("nan") if withheld(k, untrained) else v for k, v in metrics.items()}
+
+
+def head_metrics(heads: Mapping[str, Any] | None, severity_targets: Sequence[str]) -> dict[str, Any]:
+    """The ``heads/*`` keys of metrics.json, from the checkpoint's ``heads`` record (or ``None``)."""
+    out: dict[str, Any] = {"heads/recorded": heads is not None}
+    for name in (*HEADS, *(f"severity/{t}" for t in severity_targets)):
+        head = head_training(heads, name)
+        out[f"heads/{name}/trained"] = head.trained
+        out[f"heads/{name}/n_train"] = float("nan") if head.n is None else head.n
+    return out
 
 
 def probabilities(collected: Collected, temperature: float = 1.0) -> np.ndarray:
