@@ -16,7 +16,7 @@ from cxrnet.data.build import build_splits, source_specs
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.datamodule import IMBALANCE_RATIO, decide_balanced_sampling
 from cxrnet.models import create_model
-from cxrnet.module import SEGMENTATION_TIEBREAK, selection_score
+from cxrnet.module import selection_score
 from cxrnet.schedules import BudgetedOneCycle
 from cxrnet.transfer import init_from_checkpoint
 
@@ -34,13 +34,17 @@ def make_patients(root: Path, patients: int = 12) -> Path:
     return root
 
 
-def test_selection_score_is_macro_f1_with_a_dice_tie_break() -> None:
-    both = {"val/cls/macro_f1": 0.5, "val/lung/dice": 0.8, "val/infection/dice": 0.4}
-    assert selection_score(both, "val") == pytest.approx(0.5 + SEGMENTATION_TIEBREAK * 0.6)
+def test_selection_score_averages_macro_f1_and_the_dice_of_each_task_present() -> None:
+    both = {"val/cls/macro_f1": 0.5, "val/lung/dice": 0.8, "val/infection/dice": 0.2, "val/loss": 9.0}
+    assert selection_score(both, "val") == pytest.approx(0.5)
     # a majority-class classifier with a better segmenter does not beat a classifier that separates classes
     majority = {"val/cls/macro_f1": 0.23, "val/lung/dice": 0.95}
     separating = {"val/cls/macro_f1": 0.6, "val/lung/dice": 0.7}
     assert selection_score(separating, "val") > selection_score(majority, "val")
+    # a half-trained network with a lucky macro-F1 on a tiny split does not beat a trained one
+    early = {"val/cls/macro_f1": 0.275, "val/lung/dice": 0.466}
+    trained = {"val/cls/macro_f1": 0.125, "val/lung/dice": 0.841}
+    assert selection_score(trained, "val") > selection_score(early, "val")
     assert selection_score({"val/lung/dice": 0.7}, "val") == pytest.approx(0.7)  # masks only
     assert selection_score({"val/loss": 1.0}, "val") is None
 
