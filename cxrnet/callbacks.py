@@ -61,10 +61,10 @@ class TrainingRandomState(pl.Callback):
       ``(seed, epoch)`` already.
 
     A resume equals an uninterrupted run when it starts from a checkpoint written at the end of an epoch (what
-    the ``last.ckpt`` and ``best.ckpt`` callbacks write); from a mid-epoch checkpoint it warns. One known gap:
-    with class-balanced sampling *and* DataLoader workers, the first epoch after a resume draws epoch 0's
-    sample (the workers prefetch before Lightning calls the sampler's ``set_epoch``; the sampler, built in
-    ``CXRDataModule.train_dataloader``, would need its starting epoch there). Under DDP every rank starts
+    the ``last.ckpt`` and ``best.ckpt`` callbacks write); from a mid-epoch checkpoint it warns. With
+    class-balanced sampling and DataLoader workers, the workers prefetch the first resumed epoch before
+    Lightning calls the sampler's ``set_epoch``; the sampler then draws for the train dataset's epoch, which
+    this callback has restored by that time. Under DDP every rank starts
     from the same seed and draws alike, so rank 0's state is restored on every rank.
 
     Args:

@@ -257,7 +257,9 @@ class CXRDataModule(pl.LightningDataModule):
             self.setup("fit")
         if self.use_balanced_sampling:
             sampler = ClassBalancedSampler(
-                class_balanced_weights(self.datasets["train"].labels), seed=self.seed
+                class_balanced_weights(self.datasets["train"].labels),
+                seed=self.seed,
+                epoch_source=self.datasets["train"],
             )
         return self._loader("train", shuffle=True, sampler=sampler)
 
@@ -433,13 +435,22 @@ class ClassBalancedSampler(Sampler[int]):
         weights: one non-negative weight per item (see :func:`class_balanced_weights`).
         num_samples: indices per epoch; defaults to ``len(weights)``.
         seed: base seed.
+        epoch_source: the dataset whose :attr:`~cxrnet.data.dataset.CXRDataset.epoch` to draw for until
+            ``set_epoch`` is called (the datamodule passes its train dataset).
     """
 
-    def __init__(self, weights: torch.Tensor, num_samples: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        num_samples: int | None = None,
+        seed: int = 0,
+        epoch_source: CXRDataset | None = None,
+    ) -> None:
         self.weights = torch.as_tensor(weights, dtype=torch.double)
         self.num_samples = len(self.weights) if num_samples is None else int(num_samples)
         self.seed = int(seed)
         self.epoch: int | None = None
+        self.epoch_source = epoch_source
         self._passes = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -449,7 +460,13 @@ class ClassBalancedSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch if self.epoch is not None else self._passes
+        epoch = self.epoch
+        if epoch is None and self.epoch_source is not None:
+            # A resumed fit creates its first iterator (and workers prefetch from it) before Lightning calls
+            # set_epoch; the dataset's epoch is already restored then (cxrnet.callbacks.TrainingRandomState).
+            epoch = self.epoch_source.epoch
+        if epoch is None:
+            epoch = self._passes
         self._passes += 1
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         drawn = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)

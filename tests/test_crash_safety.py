@@ -295,8 +295,15 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
         ("data.augment=default",),
         ("data.augment=default", "data.num_workers=2"),
         ("data.augment=default", "data.num_workers=2", "trainer.num_sanity_val_steps=0"),
+        ("data.augment=default", "data.num_workers=2", "data.balanced_sampling=true"),
     ],
-    ids=["augment=none", "augment=default", "default+2-workers", "default+2-workers+no-sanity-check"],
+    ids=[
+        "augment=none",
+        "augment=default",
+        "default+2-workers",
+        "default+2-workers+no-sanity-check",
+        "default+2-workers+balanced-sampling",
+    ],
 )
 def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     tmp_path: Path, uninterrupted: Callable[..., Path], overrides: tuple[str, ...]

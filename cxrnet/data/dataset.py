@@ -85,6 +85,11 @@ class CXRDataset(Dataset):
             counts[self.classes[label] if label >= 0 else "unlabelled"] += 1
         return f"{type(self).__name__}(n={len(self)}, classes={counts}, size={self.preprocessing.image_size})"
 
+    @property
+    def epoch(self) -> int | None:
+        """The epoch set by :meth:`set_epoch`, or ``None`` before the first call."""
+        return None if self._augmentation_state is None else int(self._augmentation_state[1])
+
     def set_epoch(self, epoch: int, seed: int) -> None:
         """Augment every later sample from ``(seed, epoch, index)`` alone (see
         :func:`~cxrnet.data.transforms.seed_augmentation`).
