@@ -30,13 +30,14 @@ from cxrnet.data.sources._common import check_choice
 from cxrnet.data.splits import (
     DEFAULT_FRACTIONS,
     DUPLICATE_MAX_DISTANCE,
+    SPLIT_NAMES,
     check_folds,
     check_fractions,
     image_hash,
 )
 from cxrnet.data.transforms import Preprocessing, build_augmentation
 
-SPLITS = ("train", "val", "test")
+SPLITS = SPLIT_NAMES  # one list of split names, shared with the split checks
 
 log = logging.getLogger(__name__)
 
