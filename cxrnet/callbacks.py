@@ -32,7 +32,13 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from cxrnet.checkpoint import CheckpointError, atomic_write, check_checkpoint_file
+from cxrnet.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    check_checkpoint_file,
+    check_pickle_stream,
+    pickle_stream,
+)
 
 __all__ = ["AtomicCheckpointIO", "ResumableCSVLogger", "TrainingRandomState"]
 
@@ -283,6 +289,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """
         if _is_local(path):
             check_checkpoint_file(path)
+            check_pickle_stream(
+                pickle_stream(path), path
+            )  # a crafted key that hashes forever, before unpickling
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except (EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as err:

@@ -5,6 +5,15 @@ JSON-like values: the network's constructor arguments (class names included), th
 provenance. Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only, so a crafted
 file cannot run code while it is read.
 
+A checkpoint is a file people download, so it is untrusted input: :func:`read_checkpoint`, which every
+loader goes through, scans the pickle stream before ``torch.load`` runs
+(:func:`cxrnet.checkpoint_validation.check_pickle_stream`: no dictionary key that would hash forever) and
+validates what it loaded with :func:`cxrnet.checkpoint_validation.validate_checkpoint` (bounded JSON-like
+metadata, safe YAML, model settings, preprocessing and temperature within bounds, one source of truth for
+the class names, finite weights); :func:`load_network` checks that the weights fit the network they describe
+on a network built without memory (``torch.device("meta")``) before the real one is allocated. Anything else
+is a :class:`CheckpointError` naming the file and the field.
+
 Checkpoints are written atomically (:func:`atomic_write`): into a temporary file in the destination folder,
 flushed to disk, then renamed over the old file, so a crash or a kill leaves the previous checkpoint or the
 new one, never a truncated file.
@@ -25,15 +34,39 @@ from typing import IO, Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cxrnet.checkpoint_validation import (
+    CHECKPOINT_KEY,
+    FORMAT_VERSION,
+    UNTRUSTED_HINT,
+    CheckpointError,
+    check_pickle_stream,
+    error_summary,
+    parse_stored_config,
+    stored_config,
+    validate_checkpoint,
+)
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.models.cxrnet import CXRNet, create_model
 
-CHECKPOINT_KEY = "cxrnet"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """The file is not a usable cxrnet checkpoint; the message names the file and the reason."""
+__all__ = [
+    "CHECKPOINT_KEY",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "atomic_write",
+    "check_checkpoint_file",
+    "check_pickle_stream",
+    "checkpoint_metadata",
+    "data_config_for_checkpoint",
+    "load_network",
+    "network_state_dict",
+    "parse_stored_config",
+    "pickle_stream",
+    "preprocessing_of",
+    "read_checkpoint",
+    "save_checkpoint",
+    "stored_config",
+    "validate_checkpoint",
+]
 
 
 def checkpoint_metadata(
@@ -148,34 +181,57 @@ def check_checkpoint_file(path: str | Path) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file safely (weights only) and check that it is a cxrnet checkpoint.
+    """Load a checkpoint file safely (weights only) and validate it with :func:`validate_checkpoint`.
 
     Raises:
         CheckpointError: missing, empty or truncated file, unreadable file, a file that would need arbitrary
-            unpickling, or a checkpoint without cxrnet metadata.
+            unpickling, a checkpoint without cxrnet metadata, or metadata or weights that fail validation.
     """
     path = check_checkpoint_file(path)
+    check_pickle_stream(pickle_stream(path), path)  # before torch.load, which could hang on it
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing to load {path}: it contains objects other than tensors and plain containers, which "
-            f"could run code when unpickled ({str(err).splitlines()[0]}). Only load checkpoints you trust."
+            f"could run code when unpickled ({error_summary(err)}). Only load checkpoints you trust."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as err:
-        # torch.load reports a file that is not a checkpoint at all in several ways (KeyError for text).
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
+    except Exception as err:
+        # A damaged or foreign file makes torch.load fail in many ways (RuntimeError, EOFError, KeyError for
+        # text, ValueError, TypeError from a mangled pickle, ...): callers rely on one error type.
         raise CheckpointError(
-            f"{path} is not a cxrnet checkpoint (no '{CHECKPOINT_KEY}' metadata); train one with "
-            "python -m cxrnet.train, or use checkpoints/best.ckpt from a training run"
-        )
-    version = checkpoint[CHECKPOINT_KEY].get("format_version")
-    if version != FORMAT_VERSION:
+            f"cannot read checkpoint {path} ({type(err).__name__}: {error_summary(err)}): it is damaged or "
+            "not a PyTorch checkpoint; use checkpoints/best.ckpt of a training run, or copy the file again"
+        ) from err
+    return validate_checkpoint(checkpoint, path)
+
+
+MAX_PICKLE_BYTES = 256 << 20
+"""Largest pickle stream (``data.pkl``: the checkpoint without its tensors' data) read; Lightning writes a few
+hundred kB."""
+
+
+def pickle_stream(path: Path) -> bytes:
+    """The ``data.pkl`` entry of a torch zip archive, read within :data:`MAX_PICKLE_BYTES`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
+            if not names:
+                return b""  # not a torch archive: torch.load says so
+            if names[0].file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(
+                    f"refusing checkpoint {path}: its pickle stream is {names[0].file_size} bytes, over "
+                    f"{MAX_PICKLE_BYTES}; {UNTRUSTED_HINT}"
+                )
+            with archive.open(names[0]) as stream:
+                return stream.read(MAX_PICKLE_BYTES + 1)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a damaged archive (bad offsets, CRC, compression)
         raise CheckpointError(
-            f"{path} has checkpoint format {version}; this cxrnet reads format {FORMAT_VERSION}"
-        )
-    return checkpoint
+            f"cannot read checkpoint {path} ({type(err).__name__}: {error_summary(err)}): it is damaged or "
+            "not a PyTorch checkpoint; use checkpoints/best.ckpt of a training run, or copy the file again"
+        ) from err
 
 
 def network_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -189,19 +245,77 @@ def network_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 def load_network(path: str | Path) -> tuple[CXRNet, dict[str, Any]]:
     """Rebuild the network of a checkpoint, in eval mode on the CPU, with its metadata.
 
+    The network is first built on the ``meta`` device (no memory) and the stored weights are checked to fit
+    it, name by name and shape by shape; only then is it allocated, so a file describing a network of many GB
+    is refused instead of exhausting memory (encoders that cannot be built on the meta device are built for
+    real first, within the bounds validation sets).
+
     Returns:
-        (network, metadata) where metadata is ``checkpoint["cxrnet"]``.
+        (network, metadata) where metadata is ``checkpoint["cxrnet"]``, validated.
+
+    Raises:
+        CheckpointError: the file cannot be read, fails validation, or its weights do not fit its network.
     """
     checkpoint = read_checkpoint(path)
     meta = checkpoint[CHECKPOINT_KEY]
     config = dict(meta["model"], pretrained=False)  # the weights come from the checkpoint, never a download
-    net = create_model(**config)
-    missing, unexpected = net.load_state_dict(network_state_dict(checkpoint), strict=False)
-    if missing or unexpected:
+    weights = network_state_dict(checkpoint)
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(**config)
+    except Exception:
+        # A few encoders (smp's mit_b*) read numbers out of tensors while being built, which the meta device
+        # cannot do: they are built for real and checked after, their sizes still within validated bounds.
+        skeleton = None
+    if skeleton is not None:
+        _check_weights_fit(path, skeleton.state_dict(), weights)
+        del skeleton
+    net = _build_network(path, config)
+    _check_weights_fit(path, net.state_dict(), weights)  # cheap; and the only check after a fallback
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
         raise CheckpointError(
-            f"weights in {path} do not fit the network they describe: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+            f"weights in {path} do not fit the network they describe ({error_summary(err)}); {UNTRUSTED_HINT}"
+        ) from err
     return net.eval(), meta
+
+
+def _build_network(path: Path, config: dict[str, Any]) -> CXRNet:
+    try:
+        return create_model(**config)
+    except Exception as err:  # smp and timm fail on odd settings with many exception types
+        raise CheckpointError(
+            f"cannot build the network {path} describes in 'model' ({type(err).__name__}: "
+            f"{error_summary(err)}); {UNTRUSTED_HINT}"
+        ) from err
+
+
+def _check_weights_fit(
+    path: Path, expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]
+) -> None:
+    """Refuse weights that miss, add or reshape a tensor of the network, or repeat their stored values."""
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [
+        f"{key} {tuple(weights[key].shape)} (network {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in weights and weights[key].shape != value.shape
+    ]
+    if missing or unexpected or reshaped:
+        raise CheckpointError(
+            f"weights in {path} do not fit the network its 'model' describes: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, other shapes {reshaped[:5]}; {UNTRUSTED_HINT}"
+        )
+    # A tensor can claim any shape over a tiny storage (stride 0); the network it fills is allocated in full.
+    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in weights.values()}
+    needed = sum(t.numel() * t.element_size() for t in weights.values())
+    if needed > sum(stored.values()):
+        raise CheckpointError(
+            f"weights in {path} describe {needed} bytes of tensors but store {sum(stored.values())}: tensors "
+            f"repeat their values (a crafted file that would allocate far more memory than it holds); "
+            f"{UNTRUSTED_HINT}"
+        )
 
 
 def preprocessing_of(meta: dict[str, Any]) -> Preprocessing:

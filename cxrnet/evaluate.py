@@ -38,7 +38,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxrnet.checkpoint import data_config_for_checkpoint, load_network
+from cxrnet.checkpoint import data_config_for_checkpoint, load_network, stored_config
 from cxrnet.data.dataset import CXRDataset
 from cxrnet.data.records import Record
 from cxrnet.devices import resolve_device
@@ -71,13 +71,15 @@ def config_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _stored_data_seed(meta: dict[str, Any]) -> int | None:
-    config = meta.get("config")
-    try:
-        stored = OmegaConf.create(config) if isinstance(config, str) else OmegaConf.create(config or {})
-        return int(OmegaConf.select(stored, "data.seed", default=None))
-    except (TypeError, ValueError, AttributeError):
-        return None
+def _stored_data_seed(meta: dict[str, Any], checkpoint: str | Path = "checkpoint") -> int | None:
+    """``data.seed`` of the training config stored in the checkpoint, if it records a whole number there.
+
+    The config is parsed by the checkpoint's safe, bounded YAML reader and read as plain data: nothing in it
+    is resolved or instantiated.
+    """
+    data = stored_config(meta, checkpoint).get("data")
+    seed = data.get("seed") if isinstance(data, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def data_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
@@ -91,7 +93,9 @@ def data_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
         raise ValueError(
             f"data={cfg.data.get('name')} needs {', '.join(f'{k}=...' for k in missing)} on the command line"
         )
-    seed = cfg.seed if cfg.seed is not None else _stored_data_seed(meta)
+    seed = (
+        cfg.seed if cfg.seed is not None else _stored_data_seed(meta, cfg.get("checkpoint") or "checkpoint")
+    )
     data = data_config_for_checkpoint(cfg.data, meta, seed)
     references = [*data.get("severity_targets", []), *meta.get("severity_targets", []), *MAP_ESTIMATES]
     with open_dict(data):

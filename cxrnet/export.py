@@ -86,7 +86,8 @@ def export_metadata(net: CXRNet, meta: dict[str, Any]) -> dict[str, str]:
 
     preprocessing = preprocessing_of(meta).to_dict()
     values: dict[str, Any] = {
-        "classes": list(meta["classes"]),
+        # The network's own names, as predict uses them (the checkpoint's metadata is checked to agree).
+        "classes": list(net.classes),
         "preprocessing": preprocessing,
         "input_name": INPUT_NAME,
         "input_layout": (
@@ -178,7 +179,7 @@ def export_model(
 
     Raises:
         ValueError: unknown format, or an image size that is not a multiple of the network's output stride.
-        cxrnet.checkpoint.CheckpointError: the checkpoint cannot be read.
+        cxrnet.checkpoint.CheckpointError: the checkpoint cannot be read or fails validation.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")

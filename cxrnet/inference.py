@@ -23,6 +23,7 @@ Research software, not a medical device.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -212,8 +213,9 @@ class Predictor:
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.checkpoint = checkpoint
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        # NaN compares false with everything: unchecked, it gives NaN probabilities and still a label.
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         self.temperature = float(temperature)
         self.heads = heads
         self.untrained = untrained_outputs(heads, self.severity_targets)
@@ -489,7 +491,9 @@ def load_model(
     """
     device = resolve_device(device)  # before reading a large file
     net, meta = load_network(checkpoint)
-    temperature = float(meta.get("temperature", 1.0))  # set by python -m cxrnet.calibrate
+    # Set by python -m cxrnet.calibrate; validated (finite, within bounds) when the checkpoint was read.
+    temperature = meta.get("temperature")
+    temperature = 1.0 if temperature is None else float(temperature)
     return Predictor(
         net,
         preprocessing_of(meta),

@@ -27,6 +27,7 @@ regular files are opened (a FIFO or a device would block the reader).
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -387,7 +388,13 @@ def _to_unit_gray(raster: _Raster) -> np.ndarray:
     if pixels.dtype == bool:
         return pixels.astype(np.float32)
     if np.issubdtype(pixels.dtype, np.floating):
-        values = np.nan_to_num(pixels.astype(np.float64))
+        values = pixels.astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            # NaN counts as 0; an infinity as the image's finite extreme (a saturated pixel): left in, it
+            # would turn the scaling below into NaN.
+            low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0, 0)
+            values = np.nan_to_num(values, nan=0.0, posinf=high, neginf=low)
         if values.min() >= 0.0 and values.max() <= 1.0:
             return values
         return _min_max(values)
@@ -418,6 +425,8 @@ def _min_max(values: np.ndarray) -> np.ndarray:
     low, high = float(values.min()), float(values.max())
     if high <= low:
         return np.zeros_like(values)
+    if not math.isfinite(high - low):  # float64 extremes: halved first, or the span overflows to infinity
+        values, low, high = values / 2, low / 2, high / 2
     return (values - low) / (high - low)
 
 
@@ -668,18 +677,43 @@ def _read_dicom_image(path: Path, limit: int) -> np.ndarray:
     ds, pixels = _read_dicom_pixels(path, limit)
     if pixels.ndim == 3:  # RGB DICOM (rare for radiographs): no LUTs apply to colour data
         return _min_max(pixels[..., :3].astype(np.float64) @ _LUMA)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if ds.get(keyword) is not None:
+            _finite_header_number(path, keyword, ds.get(keyword))
     modality = np.asarray(apply_modality_lut(pixels, ds))
     values = modality.astype(np.float64)
     if "VOILUTSequence" in ds:
         indices = np.rint(modality).astype(np.int64)  # a LUT is indexed by integer values
         values = _min_max(np.asarray(apply_voi_lut(indices, ds, index=0, prefer_lut=True), np.float64))
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        values = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), ds.get("VOILUTFunction"))
+        center = _finite_header_number(path, "WindowCenter", ds.WindowCenter)
+        width = _finite_header_number(path, "WindowWidth", ds.WindowWidth)
+        values = _window(values, center, width, ds.get("VOILUTFunction"))
     else:
         values = _min_max(values)
+    # One reduction, no copy: float pixel data holding NaN, or a rescale that overflows, would otherwise
+    # come back as an image of NaN that every later step silently carries.
+    if not math.isfinite(float(values.sum())):
+        raise ImageReadError(
+            path,
+            "DICOM pixel values are not finite after rescaling and windowing (NaN or infinity in the pixel "
+            "data, or a rescale slope so large that it overflows): the file is damaged or crafted",
+        )
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         values = 1.0 - values
     return values
+
+
+def _finite_header_number(path: Path, keyword: str, value: object) -> float:
+    """The (first) value of a DICOM element that scales pixel values; NaN or infinity would blank them."""
+    number = _first(value)
+    if not math.isfinite(number):
+        raise ImageReadError(
+            path,
+            f"DICOM {keyword} is {number}: the pixel values cannot be scaled by it (a damaged or crafted "
+            "header); fix the element or re-export the image",
+        )
+    return number
 
 
 def _first(value: object) -> float:
