@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from scipy.special import softmax
 
 from cxrnet.checkpoint import load_network, preprocessing_of, save_checkpoint
-from cxrnet.devices import resolve_device
+from cxrnet.devices import inference_precision, resolve_device
 from cxrnet.evaluate import config_digest, data_config
 from cxrnet.evaluation.calibration import apply_temperature, expected_calibration_error
 from cxrnet.evaluation.collect import collect_logits
@@ -68,6 +68,7 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
         batch_size=int(data_cfg.batch_size),
         num_workers=int(data_cfg.get("num_workers", 0)),
         device=resolve_device(str(cfg.device)),
+        precision=str(cfg.get("precision") or "auto"),
     )
     keep = labels >= 0
     if not keep.any():
@@ -83,6 +84,7 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
         "data": str(data_cfg.name),
         "root": data_cfg.get("root"),
         "split": str(cfg.split),
+        "precision": inference_precision(str(cfg.get("precision") or "auto"), str(cfg.device)),
         "n_items": int(keep.sum()),
         "n_patients": len(set(patients[keep])),
         "ece_before": expected_calibration_error(labels, softmax(logits, axis=1)),

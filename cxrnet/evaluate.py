@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cxrnet.checkpoint import data_config_for_checkpoint, load_network, stored_config
 from cxrnet.data.dataset import CXRDataset
 from cxrnet.data.records import Record
-from cxrnet.devices import resolve_device
+from cxrnet.devices import inference_precision, resolve_device
 from cxrnet.evaluation.bootstrap import CI
 from cxrnet.evaluation.collect import MAP_ESTIMATES, Collected, collect
 from cxrnet.evaluation.report import NOTE, build_report, write_plots
@@ -178,6 +178,7 @@ def _provenance(
         "model": meta.get("model", {}),
         "classes": collected.classes,
         "temperature": meta.get("temperature"),
+        "precision": collected.precision,
         "data": {k: v for k, v in data.items() if k != "_target_"},
         "split": cfg.split,
         "sources": sorted(set(collected.sources)),
@@ -227,6 +228,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     checkpoint = Path(cfg.checkpoint)
     device = resolve_device(str(cfg.device))
+    precision = inference_precision(str(cfg.get("precision") or "auto"), device)  # before reading a file
     net, meta = load_network(checkpoint)
     data_cfg = data_config(cfg, meta)
     datamodule = instantiate(data_cfg, _convert_="all")
@@ -248,7 +250,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     temperature = meta.get("temperature")
     temperature = float(temperature) if temperature is not None else None
-    log.info("scoring %d items of %s on %s", len(dataset), name, device)
+    log.info("scoring %d items of %s on %s at %s", len(dataset), name, device, precision)
     collected = collect(
         net,
         dataset,
@@ -256,6 +258,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         num_workers=int(data_cfg.get("num_workers", 0)),
         device=device,
         n_examples=int(cfg.report.n_examples),
+        precision=precision,
     )
     severity_targets = list(meta.get("severity_targets", []))
     untrained = untrained_outputs(meta.get("heads"), severity_targets)

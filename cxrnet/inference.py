@@ -27,6 +27,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,7 +40,7 @@ from cxrnet.checkpoint import CheckpointError, load_network, preprocessing_of
 from cxrnet.data.arrays import to_gray
 from cxrnet.data.io import ImageReadError, read_image
 from cxrnet.data.transforms import Letterbox, Preprocessing, letterbox, letterbox_geometry, unletterbox
-from cxrnet.devices import resolve_device
+from cxrnet.devices import autocast, inference_precision, resolve_device
 from cxrnet.models.cxrnet import CXRNet
 from cxrnet.provenance import SYNTHETIC_CAVEAT, caveats, synthetic_only, untrained_outputs
 from cxrnet.severity import assess_severity
@@ -151,6 +152,15 @@ class _Item(NamedTuple):
     meta: dict[str, Any]
 
 
+class _Slot(NamedTuple):
+    """One file of a batch after reading: its letterboxed item and preview, or why it could not be read."""
+
+    path: Path
+    error: str | None
+    item: _Item | None = None
+    preview: np.ndarray | None = None
+
+
 PREVIEW_MIN_SIDE = 16
 """Shorter side a preview keeps (or the image's, if smaller): a 30000x20 strip must not shrink to 512x1."""
 
@@ -186,8 +196,13 @@ class Predictor:
             when ``heads`` is not recorded.
         keep_untrained: still compute and return the outputs of untrained heads (they stay named in
             :attr:`Prediction.untrained`); for inspecting what such a head does, never for reporting.
+        precision: ``"auto"`` (default: the rule of :func:`~cxrnet.devices.resolve_precision`, bf16 autocast
+            on CPUs and GPUs with bfloat16 units, float32 elsewhere), or a Lightning precision name such as
+            ``"32-true"`` or ``"bf16-mixed"``. Weights stay float32; outputs are returned in float32.
+        channels_last: run the network and the batches in channels-last memory format (faster on CPUs).
 
     Attributes:
+        precision: the resolved precision the network runs at (e.g. ``"bf16-mixed"``).
         untrained: outputs withheld from every prediction (see :attr:`Prediction.untrained`).
         caveats: notes carried by every prediction (see :attr:`Prediction.caveats`).
         synthetic_only: every training item was a synthetic phantom; the first real file read triggers a
@@ -205,11 +220,17 @@ class Predictor:
         heads: dict[str, Any] | None = None,
         training_data: dict[str, Any] | None = None,
         keep_untrained: bool = False,
+        precision: str = "auto",
+        channels_last: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
+        self.precision = inference_precision(precision, self.device)
+        self.channels_last = bool(channels_last)
         self.net = net.eval().to(self.device)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.checkpoint = checkpoint
@@ -245,7 +266,7 @@ class Predictor:
         untrained = f", untrained={sorted(self.untrained)}" if self.untrained else ""
         return (
             f"Predictor(classes={self.classes}, image_size={self.preprocessing.image_size}, "
-            f"device={self.device}, checkpoint={self.checkpoint!r}{untrained})"
+            f"device={self.device}, precision={self.precision!r}, checkpoint={self.checkpoint!r}{untrained})"
         )
 
     def warn_if_synthetic_only(self) -> bool:
@@ -308,54 +329,82 @@ class Predictor:
         paths: Iterable[str | os.PathLike],
         batch_size: int | None = None,
         preview_size: int | None = 512,
+        read_ahead: bool = True,
     ) -> Iterator[FileResult]:
         """Stream over many files: a file that cannot be read gives an error result, not an exception.
 
-        Memory stays flat: one batch of letterboxed inputs and previews, and one full-size prediction at a
-        time (the caller should not keep them all).
+        Files are read in batches of ``batch_size``; with ``read_ahead`` the next batch is read and
+        letterboxed in a background thread while the network runs on the current one (decoders and the
+        network release the GIL), so reading is off the critical path. Memory stays flat: two batches of
+        letterboxed inputs and previews, and one full-size prediction at a time (the caller should not keep
+        them all).
 
         Args:
             paths: image files, read lazily.
             batch_size: images per forward pass; defaults to the predictor's.
             preview_size: longer side of :attr:`FileResult.preview` in pixels; ``None`` keeps full size.
+            read_ahead: read the next batch while the current one is predicted.
 
         Yields:
             One :class:`FileResult` per path, in order.
         """
-        for chunk in _chunks(paths, batch_size or self.batch_size):
-            slots: list[tuple[Path, str | None, np.ndarray | None]] = []
-            items = []
-            for raw in chunk:
-                path = Path(raw)
-                try:
-                    image = read_image(path)
-                    self.warn_if_synthetic_only()
-                    item = self._prepare(image, {"source": str(path)})
-                    preview = _preview(image, preview_size)
-                except ImageReadError as err:
-                    slots.append((path, err.reason, None))
-                    continue
-                except Exception as err:  # a broken file must not end a run over thousands of them
-                    log.warning("unexpected error preparing %s", path, exc_info=True)
-                    slots.append((path, f"{type(err).__name__}: {err}", None))
-                    continue
-                items.append(item)
-                slots.append((path, None, preview))
-                del image
-            out = self._forward([item.square for item in items]) if items else {}
-            index = 0
-            for path, error, preview in slots:
-                if error is not None:
-                    yield FileResult(path, None, error, None)
-                    continue
-                item, index = items[index], index + 1
-                try:
-                    prediction = self._finish(out, index - 1, item)
-                except Exception as err:  # e.g. an image too odd in shape for the maps: one error row
-                    log.warning("unexpected error predicting %s", path, exc_info=True)
-                    yield FileResult(path, None, f"{type(err).__name__}: {err}", None)
-                    continue
-                yield FileResult(path, prediction, None, preview)
+        chunks = _chunks(paths, batch_size or self.batch_size)
+        if not read_ahead:
+            for chunk in chunks:
+                yield from self._predict_chunk(self._read_chunk(chunk, preview_size))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrnet-read") as pool:
+            pending = None
+            try:
+                for chunk in chunks:
+                    ahead = pool.submit(self._read_chunk, chunk, preview_size)
+                    if pending is not None:
+                        yield from self._predict_chunk(pending.result())
+                    pending = ahead
+                if pending is not None:
+                    yield from self._predict_chunk(pending.result())
+            finally:
+                if pending is not None:
+                    pending.cancel()
+
+    def _read_chunk(self, chunk: list[Any], preview_size: int | None) -> list[_Slot]:
+        """Read and letterbox the files of one batch; a file that fails becomes a slot with its error."""
+        slots: list[_Slot] = []
+        for raw in chunk:
+            path = Path(raw)
+            try:
+                image = read_image(path)
+                item = self._prepare(image, {"source": str(path)})
+                preview = _preview(image, preview_size)
+            except ImageReadError as err:
+                slots.append(_Slot(path, err.reason))
+                continue
+            except Exception as err:  # a broken file must not end a run over thousands of them
+                log.warning("unexpected error preparing %s", path, exc_info=True)
+                slots.append(_Slot(path, f"{type(err).__name__}: {err}"))
+                continue
+            slots.append(_Slot(path, None, item, preview))
+            del image
+        return slots
+
+    def _predict_chunk(self, slots: list[_Slot]) -> Iterator[FileResult]:
+        items = [slot.item for slot in slots if slot.item is not None]
+        if items:
+            self.warn_if_synthetic_only()  # in the caller's thread, so that warnings filters apply
+        out = self._forward([item.square for item in items]) if items else {}
+        index = 0
+        for slot in slots:
+            if slot.item is None:
+                yield FileResult(slot.path, None, slot.error, None)
+                continue
+            index += 1
+            try:
+                prediction = self._finish(out, index - 1, slot.item)
+            except Exception as err:  # e.g. an image too odd in shape for the maps: one error row
+                log.warning("unexpected error predicting %s", slot.path, exc_info=True)
+                yield FileResult(slot.path, None, f"{type(err).__name__}: {err}", None)
+                continue
+            yield FileResult(slot.path, prediction, None, slot.preview)
 
     # ----------------------------------------------------------------------------------- internals
 
@@ -376,7 +425,13 @@ class Predictor:
     def _prepare(self, image: np.ndarray, meta: dict[str, Any]) -> _Item:
         size = self.preprocessing.image_size
         h, w = image.shape
-        meta = {**meta, "height": int(h), "width": int(w), "model_size": int(size)}
+        meta = {
+            **meta,
+            "height": int(h),
+            "width": int(w),
+            "model_size": int(size),
+            "precision": self.precision,
+        }
         if self.checkpoint:
             meta["checkpoint"] = self.checkpoint
         return _Item(letterbox(image, size), letterbox_geometry(h, w, size), meta)
@@ -386,15 +441,18 @@ class Predictor:
         p = self.preprocessing
         batch = torch.from_numpy(np.stack(squares)[:, None])
         batch = ((batch - p.mean) / p.std).to(self.device, non_blocking=True)
-        out = self.net(batch)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
+            out = self.net(batch)
         result = {
-            "lung": torch.sigmoid(out.lung_logits)[:, 0],
-            "infection": torch.sigmoid(out.infection_logits)[:, 0],
-            "explanation": out.explanation[:, 0],
+            "lung": torch.sigmoid(out.lung_logits.float())[:, 0],
+            "infection": torch.sigmoid(out.infection_logits.float())[:, 0],
+            "explanation": out.explanation[:, 0].float(),
             "probabilities": torch.softmax(out.class_logits.float() / self.temperature, dim=1),
         }
         if out.severity is not None:
-            result["severity"] = out.severity
+            result["severity"] = out.severity.float()
         return {key: value.float().cpu().numpy() for key, value in result.items()}
 
     def _run(self, items: list[_Item]) -> Iterator[Prediction]:
@@ -475,6 +533,7 @@ def load_model(
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     keep_untrained: bool = False,
+    precision: str = "auto",
 ) -> Predictor:
     """Load a cxrnet checkpoint safely (weights only, nothing downloaded) as a :class:`Predictor`.
 
@@ -484,12 +543,16 @@ def load_model(
         batch_size: images per forward pass when predicting on lists and folders.
         keep_untrained: return the outputs of heads that saw no training target too (still named in
             :attr:`Prediction.untrained`); by default they are withheld.
+        precision: ``"auto"`` (the training rule of :func:`~cxrnet.devices.resolve_precision`) or a
+            Lightning precision name; see :class:`Predictor`.
 
     Raises:
-        CheckpointError: the file is missing or not a cxrnet checkpoint.
+        CheckpointError: the file is missing, not a cxrnet checkpoint, or fails validation (metadata out of
+            bounds, class names that disagree, weights that do not fit: :mod:`cxrnet.checkpoint_validation`).
         RuntimeError: the requested device is not available.
     """
     device = resolve_device(device)  # before reading a large file
+    inference_precision(precision, device)  # an unknown name fails here too
     net, meta = load_network(checkpoint)
     # Set by python -m cxrnet.calibrate; validated (finite, within bounds) when the checkpoint was read.
     temperature = meta.get("temperature")
@@ -504,4 +567,5 @@ def load_model(
         heads=meta.get("heads"),
         training_data=meta.get("training_data"),
         keep_untrained=keep_untrained,
+        precision=precision,
     )

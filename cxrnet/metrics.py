@@ -8,13 +8,12 @@ over all pixels of the items that have the mask (micro Dice / IoU); ``<task>/n``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MetricCollection, SumMetric
+from torchmetrics import MeanAbsoluteError, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import (
-    BinaryF1Score,
-    BinaryJaccardIndex,
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
@@ -27,8 +26,37 @@ from cxrnet.models.cxrnet import CXRNetOutput
 SEGMENTATION_TASKS = ("lung", "infection")
 
 
-def _segmentation_collection() -> MetricCollection:
-    return MetricCollection({"dice": BinaryF1Score(), "iou": BinaryJaccardIndex()})
+class PooledOverlap(Metric):
+    """Dice and IoU pooled over every pixel seen (micro averages), from summed TP, FP and FN counts.
+
+    Updated with logits: a pixel is predicted positive when its logit is above 0 (probability above 0.5),
+    the same rule and the same numbers as torchmetrics' ``BinaryF1Score`` and ``BinaryJaccardIndex``
+    on the probabilities, at a fraction of their cost per training step (no sigmoid, no input checks, one
+    pass). An empty union scores 0, as theirs do.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        predicted = logits > 0
+        truth = target > 0.5
+        tp = (predicted & truth).sum()
+        self.tp += tp
+        self.fp += predicted.sum() - tp
+        self.fn += truth.sum() - tp
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        tp, fp, fn = (getattr(self, name).double() for name in ("tp", "fp", "fn"))
+        dice = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.zeros_like(tp))
+        iou = torch.where(tp > 0, tp / (tp + fp + fn).clamp_min(1), torch.zeros_like(tp))
+        return {"dice": dice.float(), "iou": iou.float()}
 
 
 def _classification_collection(num_classes: int) -> MetricCollection:
@@ -57,8 +85,8 @@ class TaskMetrics(nn.Module):
         self.severity_targets = list(severity_targets)
         self.tasks = nn.ModuleDict(
             {
-                "lung": _segmentation_collection(),
-                "infection": _segmentation_collection(),
+                "lung": PooledOverlap(),
+                "infection": PooledOverlap(),
                 "cls": _classification_collection(len(classes)),
             }
         )
@@ -76,9 +104,7 @@ class TaskMetrics(nn.Module):
             present = batch[f"has_{key}"]
             self.counts[task].update(present.sum())
             if present.any():
-                self.tasks[task].update(
-                    torch.sigmoid(logits[present]).flatten(), batch[key][present].flatten().long()
-                )
+                self.tasks[task].update(logits[present], batch[key][present])
         labelled = batch["label"] >= 0
         self.counts["cls"].update(labelled.sum())
         if labelled.any():

@@ -31,8 +31,9 @@ import logging
 import os
 import stat
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +312,12 @@ def _predict(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.num_threads))
     specs = cfg.input if isinstance(cfg.input, (list, ListConfig)) else [cfg.input]
     paths, root = resolve_inputs([str(s) for s in specs], recursive=cfg.get("recursive", True))
-    model: Predictor = load_model(cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size)
+    model: Predictor = load_model(
+        cfg.checkpoint,
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        precision=str(cfg.get("precision") or "auto"),
+    )
     columns = csv_columns(model.classes, model.severity_targets)
     if model.untrained:
         log.warning(
@@ -360,10 +366,8 @@ def _predict(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if new_csv:
             writer.writeheader()
         task = progress.add_task("predict", total=len(todo), rate="")
-        for result in model.predict_files(todo, preview_size=cfg.get("overlay_size", 512)):
-            overlay, overlay_error = None, None
-            if result.prediction is not None and cfg.overlays:
-                overlay, overlay_error = _draw(result, out_dir, f"{OVERLAY_DIR}/{names[result.path]}")
+
+        def write(result: FileResult, overlay: str | None, overlay_error: str | None) -> None:
             row, record = _records(result, overlay, model.classes, model.severity_targets, overlay_error)
             # JSONL first: a row counts as finished only once it is in both files.
             jsonl_file.write(json.dumps(record) + "\n")
@@ -375,7 +379,13 @@ def _predict(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 log.warning("%s: %s", result.path, row["error"])
             done = counts["ok"] + counts["error"]
             progress.update(task, advance=1, rate=f"{(time.perf_counter() - start) / done:.2f} s/img")
-            del result, row, record
+
+        results = model.predict_files(todo, preview_size=cfg.get("overlay_size", 512))
+        if cfg.overlays:
+            _write_with_overlays(results, write, out_dir, names, max_pending=2 * int(cfg.batch_size))
+        else:
+            for result in results:
+                write(result, None, None)
     seconds = time.perf_counter() - start
     done = counts["ok"] + counts["error"]
     summary = {
@@ -388,6 +398,7 @@ def _predict(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "seconds_per_image": round(seconds / done, 4) if done else None,
         "output_dir": str(out_dir),
         "overlays": bool(cfg.overlays) and overlay_dir.exists(),
+        "precision": model.precision,
         "untrained": sorted(model.untrained),
         "caveats": list(model.caveats),
     }
@@ -404,6 +415,47 @@ def _predict(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "".join(f"\n  caveat: {caveat}" for caveat in model.caveats),
     )
     return summary
+
+
+def _write_with_overlays(
+    results: Iterable[FileResult],
+    write: Callable[[FileResult, str | None, str | None], None],
+    out_dir: Path,
+    names: dict[Path, str],
+    max_pending: int,
+) -> None:
+    """Draw the overlays in a background thread while the model goes on; write each row once its overlay is on disk.
+
+    Rows keep the input order, and a row is written only after its overlay (a killed run never records
+    a file whose overlay is missing). At most ``max_pending`` predictions wait for their overlay, so
+    memory stays flat however many files there are.
+    """
+    waiting: deque[tuple[FileResult, Future[tuple[str | None, str | None]] | None]] = deque()
+
+    def flush(keep: int) -> None:
+        while len(waiting) > keep:
+            result, drawn = waiting.popleft()
+            write(result, *(drawn.result() if drawn is not None else (None, None)))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrnet-overlay") as pool:
+        try:
+            for result in results:
+                drawn = None
+                if result.prediction is not None:
+                    drawn = pool.submit(_draw, result, out_dir, f"{OVERLAY_DIR}/{names[result.path]}")
+                waiting.append((result, drawn))
+                while waiting and (len(waiting) > max_pending or _done(waiting[0][1])):
+                    flush(len(waiting) - 1)
+                del result, drawn
+            flush(0)
+        finally:
+            for _, drawn in waiting:  # an interrupted run: drop what is not written yet
+                if drawn is not None:
+                    drawn.cancel()
+
+
+def _done(future: Future[Any] | None) -> bool:
+    return future is None or future.done()
 
 
 def _draw(result: FileResult, out_dir: Path, overlay: str) -> tuple[str | None, str | None]:

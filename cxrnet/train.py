@@ -49,9 +49,17 @@ def resolve_trainer_precision(cfg: DictConfig) -> str:
 
     The resolved name is what the checkpoint's config and ``metrics.json`` record.
     """
-    chosen = resolve_precision(
-        cfg.trainer.get("precision", "32-true"), str(cfg.trainer.get("accelerator", "auto"))
-    )
+    requested = str(cfg.trainer.get("precision", "32-true"))
+    net = None
+    if requested == "auto":  # the rule looks at the network's layers: build it without memory
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        model_cfg.pop("compile", None)
+        try:
+            with torch.device("meta"):
+                net = instantiate(dict(model_cfg, pretrained=False), _convert_="all")
+        except Exception:  # a few encoders cannot be built on the meta device: decide without the network
+            net = None
+    chosen = resolve_precision(requested, str(cfg.trainer.get("accelerator", "auto")), net=net)
     with open_dict(cfg):
         cfg.trainer.precision = chosen
     log.info("precision: %s", chosen)

@@ -232,7 +232,7 @@ def test_cached_datamodule_reads_no_source_file_on_the_second_run(
     first.setup("fit")
     expected = next(iter(first.test_dataloader()))
     calls = []
-    monkeypatch.setattr(cxr_io, "read_image_noting", lambda path, **kwargs: calls.append(path))
+    monkeypatch.setattr(cxr_io, "decode_image", lambda path, **kwargs: calls.append(path))
     second = CXRDataModule(
         name="covid_qu_ex",
         root=str(root),

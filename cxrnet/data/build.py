@@ -197,11 +197,15 @@ def _scan(
     workers: int,
     progress: Progress | None,
 ) -> tuple[list[Record], dict[str, int], list[Issue]]:
-    """Read every record once: hashes, non-fatal issues, and (``skip``) the unreadable ones dropped."""
+    """Read every record once: hashes, non-fatal issues, and (``skip``) the unreadable ones dropped.
+
+    With a cache, the records are read (and the cache filled) in ``workers`` processes
+    (:meth:`DataCache.fill`); without one, in ``workers`` threads.
+    """
 
     def inspect_one(record: Record) -> ItemInfo | ItemReadError:
         try:
-            return cache.info(record) if cache is not None else read_item(record).info
+            return read_item(record).info
         except ItemReadError as exc:
             return exc
 
@@ -209,7 +213,10 @@ def _scan(
     hashes: dict[str, int] = {}
     issues: list[Issue] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(inspect_one, records) if workers > 1 else map(inspect_one, records)
+        if cache is not None:
+            results = cache.fill(records, workers)
+        else:
+            results = pool.map(inspect_one, records) if workers > 1 else map(inspect_one, records)
         for done, (record, result) in enumerate(zip(records, results), start=1):
             if progress is not None:
                 progress(done, len(records))
@@ -219,6 +226,8 @@ def _scan(
                 )
                 if on_error == "error":
                     pool.shutdown(wait=False, cancel_futures=True)
+                    if cache is not None:
+                        results.close()  # the fill's processes drop the records not yet started
                     raise ImageReadError(
                         result.path,
                         f"{reason}. Fix or remove the file, or set data.on_error=skip to skip such items "

@@ -1,19 +1,24 @@
 """One-time cache of decoded, letterboxed items, so that later epochs and runs decode no full-size file.
 
-Each item is stored once per training size as an uncompressed ``.npz`` file::
+Items are read at reduced scale for the training size (:func:`cxrnet.data.io.decode_image` with
+``target_size``: JPEGs decoded at 1/2, 1/4 or 1/8 scale, other formats area-averaged right after decoding),
+exactly as the uncached dataset reads them, then letterboxed. Each item is stored once per training size as an
+uncompressed ``.npz`` file::
 
     <cache_dir>/cxrnet-cache-v<VERSION>/<size>px/<key[:2]>/<key>.npz
         image           float32 size×size in [0, 1], letterboxed (cxrnet.data.transforms.letterbox)
         lung_mask       bit-packed bool size×size (absent when the item has none)
         infection_mask  bit-packed bool size×size (absent when the item has none)
-        hash            pHash of the full-size image (cxrnet.data.splits.image_hash), 64 hex digits
+        hash            pHash of the image as read (cxrnet.data.splits.image_hash), 64 hex digits
         shape           the full-size image's (H, W)
         issues          JSON list of non-fatal issues found while reading (e.g. a non-binary mask)
 
-``key`` is a SHA-256 of the cache version, the training size and, for the image and every mask file, its
-path, size and modification time: a changed file or another ``image_size`` is a miss, and the entry is
-rebuilt. Entries are written to a temporary file and moved into place with :func:`os.replace`, so several
-DataLoader workers and DDP ranks may fill the same cache at once; a reader sees a whole entry or none.
+``key`` is a SHA-256 of the cache version, the reduced-read margin
+(:data:`cxrnet.data.io.REDUCED_READ_MARGIN`), the training size and, for the image and every mask file, its path, size and modification time: a changed
+file, another reading rule or another ``image_size`` is a miss, and the entry is rebuilt. Entries are written
+to a temporary file and moved into place with :func:`os.replace`, so several DataLoader workers and DDP ranks
+may fill the same cache at once; a reader sees a whole entry or none. :meth:`DataCache.fill` fills it in
+several processes (the scan of :func:`cxrnet.data.build.build_splits` does, with ``data.num_workers``).
 
 Because the stored arrays are already letterboxed to the training size, the dataset's own letterbox is the
 identity on them (a square ``size``×``size`` array is resized to itself), and cached and uncached items give
@@ -28,6 +33,8 @@ import json
 import os
 import uuid
 import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,7 +48,7 @@ from cxrnet.data.transforms import letterbox
 
 __all__ = ["CACHE_VERSION", "DataCache", "ItemInfo", "ItemReadError", "ReadItem", "read_item", "record_meta"]
 
-CACHE_VERSION = 2  # 2: image hashes from an area-averaged resize
+CACHE_VERSION = 3  # 2: image hashes from an area-averaged resize; 3: items read at reduced scale
 """Bump when the stored content changes (reading conventions, letterbox, hash): old entries become misses."""
 
 
@@ -56,13 +63,17 @@ class ItemReadError(io.ImageReadError):
         super().__init__(path, reason)
         self.kind = kind
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # sent back from the processes of a fill
+        return type(self), (self.path, self.reason, self.kind)
+
 
 @dataclass(frozen=True)
 class ItemInfo:
     """What a read pass learns about an item, besides its pixels.
 
     Attributes:
-        hash: :func:`~cxrnet.data.splits.image_hash` of the full-size image.
+        hash: :func:`~cxrnet.data.splits.image_hash` of the image as read (reduced for the cache's size:
+            within a few bits of the full-size image's hash, far below the near-duplicate distance).
         shape: full-size (H, W).
         issues: non-fatal issues (a non-binary mask is thresholded at half range and used).
     """
@@ -82,15 +93,15 @@ class ReadItem:
     info: ItemInfo
 
 
-def _read_mask(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, list[Issue]]:
+def _read_mask(path: str, shape: tuple[int, int], factor: int) -> tuple[np.ndarray, list[Issue]]:
     try:  # the usual case, one read: readable, right size, binary
-        return io.read_mask(path, shape=shape, strict=True), []
+        return io.read_mask(path, shape=shape, strict=True, factor=factor), []
     except io.ImageReadError:
         pass
     # thresholded at half range and used (JPEG-saved masks with a grey edge are common): a warning
     issues = [Issue(KIND_NON_BINARY, path, problem, problem=False) for problem in io.mask_problems(path)]
     try:
-        return io.read_mask(path, shape=shape), issues
+        return io.read_mask(path, shape=shape, factor=factor), issues
     except io.ImageReadError as exc:
         try:
             io.read_mask(path)
@@ -99,29 +110,30 @@ def _read_mask(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, list[Issu
         raise ItemReadError(exc.path, exc.reason, KIND_MASK_SIZE) from None
 
 
-def read_item(record: Record) -> ReadItem:
-    """Read a record's image and masks at full size, noting every issue on the way.
+def read_item(record: Record, *, target_size: int | None = None) -> ReadItem:
+    """Read a record's image and masks, noting every issue on the way.
 
-    Reads like :func:`cxrnet.data.io.load_record` (same pixels) but also computes the image hash and lists
-    non-binary masks and files read despite a truncation instead of passing over them silently.
+    Reads like :func:`cxrnet.data.io.load_record` (same pixels, full size or reduced for ``target_size``) but
+    also computes the image hash and lists non-binary masks and files read despite a truncation instead of
+    passing over them silently.
 
     Raises:
         ItemReadError: the image or a mask cannot be read, or a mask's size differs from the image's; the
             message names the file and the reason.
     """
     try:
-        image, notes = io.read_image_noting(record.path)
+        decoded = io.decode_image(record.path, target_size=target_size)
     except io.ImageReadError as exc:
         raise ItemReadError(exc.path, exc.reason, KIND_UNREADABLE) from None
-    shape = (int(image.shape[0]), int(image.shape[1]))
-    issues = [Issue(KIND_TRUNCATED, record.path, note, problem=False) for note in notes]
+    image, shape, factor = decoded.image, decoded.shape, decoded.factor
+    issues = [Issue(KIND_TRUNCATED, record.path, note, problem=False) for note in decoded.notes]
     lung = None
     for mask_path in record.lung_mask:
-        part, found = _read_mask(mask_path, shape)
+        part, found = _read_mask(mask_path, shape, factor)
         lung, issues = (part if lung is None else lung | part), issues + found
     infection = None
     if record.infection_mask is not None:
-        infection, found = _read_mask(record.infection_mask, shape)
+        infection, found = _read_mask(record.infection_mask, shape, factor)
         issues += found
     return ReadItem(image, lung, infection, ItemInfo(image_hash(image), shape, tuple(issues)))
 
@@ -165,9 +177,10 @@ class DataCache:
         return f"DataCache({str(self.root)!r}, image_size={self.image_size})"
 
     def key(self, record: Record) -> str:
-        """Hex SHA-256 of the version, size, and path/size/mtime of the image and every mask file."""
+        """Hex SHA-256 of the version, reading rule, size, and path/size/mtime of the image and mask files."""
         files = [record.path, *record.lung_mask, *([record.infection_mask] if record.infection_mask else [])]
-        payload = [CACHE_VERSION, self.image_size, len(record.lung_mask), [_stat(f) for f in files]]
+        reading = [CACHE_VERSION, io.REDUCED_READ_MARGIN, self.image_size]
+        payload = [*reading, len(record.lung_mask), [_stat(f) for f in files]]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     def path(self, record: Record) -> Path:
@@ -187,6 +200,34 @@ class DataCache:
                 return _entry_info(entry)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return self._fill(record, path)[1]
+
+    def fill(self, records: Sequence[Record], workers: int = 0) -> Iterator[ItemInfo | ItemReadError]:
+        """:meth:`info` of every record, in order, filling the missing entries; in ``workers`` processes.
+
+        Reading is CPU-bound, so the fill of a cold cache runs in a pool of processes when ``workers`` > 1,
+        and in this process otherwise; the entries hold the same arrays either way.
+
+        Args:
+            records: the items.
+            workers: processes to read in (``data.num_workers``); 0 or 1 reads here.
+
+        Yields:
+            The :class:`ItemInfo` of each record in turn, or the :class:`ItemReadError` that its files raise.
+        """
+        if workers <= 1 or len(records) <= 1:
+            yield from map(self._info_or_error, records)
+            return
+        pool = ProcessPoolExecutor(min(int(workers), len(records)))
+        try:
+            yield from pool.map(self._info_or_error, records)
+        finally:  # also when the caller stops early (on_error=error): drop what has not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _info_or_error(self, record: Record) -> ItemInfo | ItemReadError:
+        try:
+            return self.info(record)
+        except ItemReadError as exc:
+            return exc
 
     def load_item(self, record: Record) -> RawItem:
         """The record as a :class:`RawItem` at the training size; fills the entry on a miss.
@@ -230,8 +271,8 @@ class DataCache:
     def _fill(
         self, record: Record, path: Path
     ) -> tuple[tuple[np.ndarray, np.ndarray | None, np.ndarray | None], ItemInfo]:
-        """Read the record at full size, letterbox it, write the entry atomically."""
-        item = read_item(record)
+        """Read the record reduced for the training size, letterbox it, write the entry atomically."""
+        item = read_item(record, target_size=self.image_size)
         size = self.image_size
         image = letterbox(item.image, size)
         lung = letterbox(item.lung_mask, size, is_mask=True) if item.lung_mask is not None else None

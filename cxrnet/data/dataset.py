@@ -13,6 +13,7 @@ Sample keys (every key always present, so batches mixing sources collate):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,9 @@ class CXRDataset(Dataset):
         preprocessing: size and normalisation.
         severity_targets: names of the severity scores to put in ``severity``, in order.
         transform: albumentations pipeline applied after letterboxing (training only), or ``None``.
-        loader: reads a :class:`Record` into a :class:`RawItem` (default: ``cxrnet.data.io.load_record``).
+        loader: reads a :class:`Record` into a :class:`RawItem` (default: :func:`cxrnet.data.io.load_record`
+            with ``target_size`` the training size: JPEGs decoded at reduced scale, other formats reduced
+            right after decoding, as the cache reads them).
 
     Augmentation is reproducible once :meth:`set_epoch` has been called (the training callback
     :class:`cxrnet.callbacks.TrainingRandomState` does so every epoch): each sample is then augmented from its
@@ -103,14 +106,14 @@ class CXRDataset(Dataset):
             self._augmentation_state.copy_(torch.tensor([seed, epoch], dtype=torch.int64))
 
     def load(self, index: int) -> RawItem:
-        """The item's pixels at their own size."""
+        """The item's pixels at their own size, or reduced for the training size by the default loader."""
         item = self.items[index]
         if isinstance(item, RawItem):
             return item
         if self._loader is None:
             from cxrnet.data.io import load_record
 
-            self._loader = load_record
+            self._loader = partial(load_record, target_size=self.preprocessing.image_size)
         return self._loader(item)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

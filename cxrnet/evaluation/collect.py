@@ -10,6 +10,7 @@ Unlike the rest of :mod:`cxrnet.evaluation`, this module uses torch; ``cxrnet.ev
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import defaultdict
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrnet.data.dataset import CXRDataset, collate
 from cxrnet.data.transforms import Preprocessing
+from cxrnet.devices import autocast, inference_precision
 from cxrnet.evaluation.segmentation import dice, hausdorff95, iou
 from cxrnet.explain.metrics import explanation_in_region_share, explanation_scores
 from cxrnet.models.cxrnet import CXRNet
@@ -97,6 +99,7 @@ class Collected:
         explanation: explanation scores by name, float (N,), NaN where undefined.
         examples: a few :class:`Example` s by kind: ``best`` (highest segmentation score, among images with a
             lesion when there are any), ``worst`` and ``worst_lesion`` (lowest, overall and among lesion images).
+        precision: the precision the network ran at (e.g. ``"bf16-mixed"``).
     """
 
     classes: list[str]
@@ -111,6 +114,7 @@ class Collected:
     severity_learned: dict[str, np.ndarray]
     explanation: dict[str, np.ndarray]
     examples: dict[str, list[Example]] = field(default_factory=dict)
+    precision: str = "32-true"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -124,18 +128,27 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> Data
 
 
 def collect_logits(
-    net: CXRNet, dataset: CXRDataset, *, batch_size: int = 16, num_workers: int = 0, device: str = "cpu"
+    net: CXRNet,
+    dataset: CXRDataset,
+    *,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class logits of every item (for calibration).
+    """Class logits of every item (for calibration), at ``precision`` (see :func:`collect`).
 
     Returns:
         ``(labels int64 (N,), logits float64 (N, C), patient_ids (N,))``.
     """
     net = net.to(device).eval()
+    precision = inference_precision(precision, device)
     labels, logits, patients = [], [], []
     with torch.inference_mode():
         for batch in make_loader(dataset, batch_size, num_workers):
-            logits.append(net(batch["image"].to(device)).class_logits.double().cpu().numpy())
+            with autocast(precision, device):
+                out = net(batch["image"].to(device))
+            logits.append(out.class_logits.double().cpu().numpy())
             labels.append(batch["label"].numpy())
             patients += [str(m["patient_id"]) for m in batch["meta"]]
     n_classes = len(net.classes)
@@ -321,8 +334,9 @@ def collect(
     *,
     batch_size: int = 16,
     num_workers: int = 0,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     n_examples: int = 4,
+    precision: str = "auto",
 ) -> Collected:
     """Run ``net`` over ``dataset`` (eval mode, ``torch.inference_mode``) and score every item.
 
@@ -333,16 +347,21 @@ def collect(
         num_workers: data-loading processes.
         device: ``"cpu"``, ``"cuda"``, ...
         n_examples: best and worst items kept for the overlay figures.
+        precision: ``"auto"`` (the rule of :func:`cxrnet.devices.resolve_precision`, as predict and training
+            use: bf16 autocast where the hardware has bfloat16 units) or a Lightning precision name.
 
     Returns:
         A :class:`Collected`.
     """
     net = net.to(device).eval()
+    precision = inference_precision(precision, device)
     acc = _Accumulator(net, dataset.preprocessing, list(dataset.severity_targets), n_examples)
     with torch.inference_mode():
         for batch in make_loader(dataset, batch_size, num_workers):
-            acc.add(batch, net(batch["image"].to(device)))
-    return acc.result()
+            with autocast(precision, device):
+                out = net(batch["image"].to(device))
+            acc.add(batch, out.float())
+    return dataclasses.replace(acc.result(), precision=precision)
 
 
 def _explanation(

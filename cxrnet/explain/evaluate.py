@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cxrnet.checkpoint import data_config_for_checkpoint, load_network
 from cxrnet.data.dataset import collate
-from cxrnet.devices import resolve_device
+from cxrnet.devices import autocast, inference_precision, resolve_device
 from cxrnet.explain import EXPLAINERS, get_explainer
 from cxrnet.explain.metrics import explanation_scores
 
@@ -83,6 +83,7 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"unknown explanation methods {unknown}; valid: {', '.join(EXPLAINERS)}")
     net, meta = load_network(cfg.checkpoint)
     device = resolve_device(cfg.get("device", "cpu"))
+    precision = inference_precision(str(cfg.get("precision") or "auto"), device)
     net.to(device)
     with open_dict(cfg):  # the config then records what was actually evaluated
         cfg.data = data_config_for_checkpoint(cfg.data, meta, cfg.get("seed"))
@@ -105,7 +106,8 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
     empty = with_lungs = 0
     k_percent = [float(k) for k in cfg.k_percent]
 
-    with torch.no_grad():  # first-call set-up (allocations, kernel choice) kept out of the timings
+    # first-call set-up (allocations, kernel choice) kept out of the timings
+    with torch.no_grad(), autocast(precision, device):
         net(dataset[with_mask[0]]["image"][None].to(device))
     for batch in loader:
         images = batch["image"].to(device)
@@ -116,7 +118,8 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         with_lungs += int(has_lungs.sum())
         for name, explainer in explainers.items():
             start = time.perf_counter()
-            maps = explainer(images).cpu().numpy()
+            with autocast(precision, device):
+                maps = explainer(images).float().cpu().numpy()
             seconds[name] += time.perf_counter() - start
             for i, saliency in enumerate(maps):
                 lung = lungs[i] if has_lungs[i] else None
@@ -128,6 +131,7 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(cfg.checkpoint),
         "data": str(cfg.data.name),
         "split": str(cfg.split),
+        "precision": precision,
         "classes": list(meta["classes"]),
         "counts": {
             "items": len(dataset),

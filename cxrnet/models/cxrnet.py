@@ -9,12 +9,14 @@ from class labels alone.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrnet.devices import compile_unavailable
 from cxrnet.models.encoders import build_encoder, build_segmentation_model
 from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, soft_dilate
 
@@ -39,6 +41,10 @@ class CXRNetOutput(NamedTuple):
     explanation: torch.Tensor
     class_logits: torch.Tensor
     severity: torch.Tensor | None = None
+
+    def float(self) -> CXRNetOutput:
+        """The same output in float32 (after autocast some fields are bfloat16 or float16)."""
+        return CXRNetOutput(*(None if t is None else t.float() for t in self))
 
 
 class CXRNet(nn.Module):
@@ -78,6 +84,7 @@ class CXRNet(nn.Module):
         if len(classes) < 2:
             raise ValueError(f"need at least two classes, got {list(classes)}")
         severity_scales = dict(severity_scales or {})
+        self.compiled = False  # set by create_model(compile=True)
         self.config: dict[str, Any] = {
             "classes": list(classes),
             "encoder": encoder,
@@ -189,9 +196,26 @@ class CXRNet(nn.Module):
         return CXRNetOutput(lung_logits, infection_logits, explanation, class_logits, severity)
 
 
-def create_model(**config: Any) -> CXRNet:
-    """Build a :class:`CXRNet` from keyword arguments, e.g. ``create_model(**checkpoint_config)``."""
-    return CXRNet(**config)
+def create_model(compile: bool = False, **config: Any) -> CXRNet:
+    """Build a :class:`CXRNet` from keyword arguments, e.g. ``create_model(**checkpoint_config)``.
+
+    Args:
+        compile: compile the network in place with ``torch.compile`` (``nn.Module.compile``: parameter names
+            and checkpoints are unchanged; the first forward passes are slower while it compiles). Where
+            compiling cannot run (no C++ compiler for the CPU backend, an unsupported platform: see
+            :func:`cxrnet.devices.compile_unavailable`) a warning says why and the network stays eager.
+            ``model.compile=true`` in the training config. Not stored in checkpoints.
+        config: the arguments of :class:`CXRNet`.
+    """
+    net = CXRNet(**config)
+    if compile:
+        reason = compile_unavailable("cuda" if torch.cuda.is_available() else "cpu")
+        if reason is not None:
+            warnings.warn(f"model.compile=true skipped: {reason}; the network runs uncompiled", stacklevel=2)
+        else:
+            net.compile()
+            net.compiled = True
+    return net
 
 
 def pad_to_multiple(

@@ -1,14 +1,23 @@
-"""Evaluation figures (:mod:`.plots`) and report files (:mod:`.writer`)."""
+"""Evaluation figures (:mod:`.plots`) and report files (:mod:`.writer`).
 
-from cxrnet.report.plots import (
-    plot_confusion,
-    plot_pr,
-    plot_reliability,
-    plot_roc,
-    plot_segmentation_grid,
-    plot_severity_scatter,
-)
+The plotting functions are loaded on first use: importing :mod:`cxrnet.report` (or
+:mod:`cxrnet.report.overlay`, which predict uses) does not import matplotlib.
+"""
+
+from typing import Any
+
 from cxrnet.report.writer import Figure, Section, Table, format_value, metrics_table, write_report
+
+_PLOTS = frozenset(
+    {
+        "plot_confusion",
+        "plot_pr",
+        "plot_reliability",
+        "plot_roc",
+        "plot_segmentation_grid",
+        "plot_severity_scatter",
+    }
+)
 
 __all__ = [
     "Figure",
@@ -24,3 +33,11 @@ __all__ = [
     "plot_severity_scatter",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PLOTS:
+        from cxrnet.report import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,13 +31,13 @@ def records(tmp_path: Path) -> list[Record]:
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    original = cxr_io.read_image_noting  # what read_image and the item reader decode through
+    original = cxr_io.decode_image  # what read_image, load_record and the item reader decode through
 
-    def counting(path: str | os.PathLike[str], **kwargs: object) -> tuple[np.ndarray, list[str]]:
+    def counting(path: str | os.PathLike[str], **kwargs: object) -> cxr_io.DecodedImage:
         calls.append(str(path))
         return original(path, **kwargs)
 
-    monkeypatch.setattr(cxr_io, "read_image_noting", counting)
+    monkeypatch.setattr(cxr_io, "decode_image", counting)
     return calls
 
 
