@@ -36,6 +36,7 @@ from cxrnet.data.splits import (
     image_hash,
 )
 from cxrnet.data.transforms import Preprocessing, build_augmentation
+from cxrnet.leakage import fingerprint_of_hashes
 
 SPLITS = SPLIT_NAMES  # one list of split names, shared with the split checks
 
@@ -328,14 +329,8 @@ class CXRDataModule(pl.LightningDataModule):
                     value = image_hash(read_image(item.path))
                 patients.add(item.patient_id)
                 sources.add(item.source)
-            hashes.append(f"{value:064x}")
-        return {
-            "patient_ids": sorted(patients),
-            "image_hashes": hashes,
-            "hash": "phash-256",  # cxrnet.leakage.HASH_KIND: cxrnet.data.splits.image_hash, 256 bits
-            "source": sorted(sources),
-            "n_items": len(items),
-        }
+            hashes.append(value)
+        return fingerprint_of_hashes(patients, hashes, sources=sources)
 
 
 def whole_number(option: str, value: Any, minimum: int, example: int) -> int:

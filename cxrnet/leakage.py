@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from cxrnet.data.records import RawItem, Record
-from cxrnet.data.splits import DUPLICATE_MAX_DISTANCE, image_hash
+from cxrnet.data.splits import DUPLICATE_MAX_DISTANCE, hash_words, image_hash, popcount
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,24 @@ def fingerprint(
     Raises:
         ValueError: if the numbers of patient ids and images differ.
     """
-    hashes = [hash_to_hex(image_hash(image)) for image in images]
+    hashes = [image_hash(image) for image in images]
     if len(hashes) != len(patient_ids):
         raise ValueError(
             f"got {len(patient_ids)} patient ids but {len(hashes)} images; pass one id per image"
         )
+    return fingerprint_of_hashes(patient_ids, hashes, sources=sources)
+
+
+def fingerprint_of_hashes(
+    patient_ids: Iterable[str], hashes: Sequence[int], *, sources: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The fingerprint of :func:`fingerprint` from hashes already computed (:func:`image_hash` of each image).
+
+    The one place the fingerprint's layout is written: the data module's scan and cache hashes go through it.
+    """
     return {
         "patient_ids": sorted({str(p) for p in patient_ids}),
-        "image_hashes": hashes,
+        "image_hashes": [hash_to_hex(value) for value in hashes],
         "hash": HASH_KIND,
         "source": sorted({str(s) for s in sources}),
         "n_items": len(hashes),
@@ -210,19 +220,6 @@ class LeakageReport:
         }
 
 
-def _as_words(hashes: Sequence[int | str]) -> np.ndarray:
-    """Hashes (ints or hex strings) as an N×4 array of uint64 words."""
-    data = bytearray()
-    for value in hashes:
-        number = int(value, 16) if isinstance(value, str) else int(value)
-        if number < 0 or number.bit_length() > _HASH_BITS:
-            raise ValueError(
-                f"image hash {value!r} is not a {_HASH_BITS}-bit pHash (cxrnet.data.splits.image_hash)"
-            )
-        data += number.to_bytes(_HASH_BITS // 8, "big")
-    return np.frombuffer(bytes(data), dtype=">u8").astype(np.uint64).reshape(len(hashes), _WORDS)
-
-
 def _near_pairs(
     eval_words: np.ndarray, train_words: np.ndarray, max_distance: int
 ) -> list[tuple[int, int, int]]:
@@ -232,7 +229,7 @@ def _near_pairs(
     rows = max(1, _BLOCK_BYTES // (8 * _WORDS * len(train_words)))
     for start in range(0, len(eval_words), rows):
         block = eval_words[start : start + rows, None, :] ^ train_words[None, :, :]
-        distances = np.bitwise_count(block).sum(axis=-1, dtype=np.int64)
+        distances = popcount(block).sum(axis=-1, dtype=np.int64)
         i, j = np.nonzero(distances <= max_distance)
         pairs += [(start + int(a), int(b), int(distances[a, b])) for a, b in zip(i, j)]
     return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
@@ -269,7 +266,9 @@ def check_leakage(
     if eval_hashes is not None:
         if len(eval_hashes) != len(eval_patient_ids):
             raise ValueError(f"{len(eval_patient_ids)} evaluation patient ids but {len(eval_hashes)} hashes")
-        pairs = _near_pairs(_as_words(eval_hashes), _as_words(train_hashes), max_distance)
+        pairs = _near_pairs(
+            hash_words(eval_hashes, _HASH_BITS), hash_words(train_hashes, _HASH_BITS), max_distance
+        )
     return LeakageReport(
         shared_patients=shared,
         near_duplicates=pairs,

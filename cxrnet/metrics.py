@@ -23,8 +23,6 @@ from torchmetrics.classification import (
 
 from cxrnet.models.cxrnet import CXRNetOutput
 
-SEGMENTATION_TASKS = ("lung", "infection")
-
 
 class PooledOverlap(Metric):
     """Dice and IoU pooled over every pixel seen (micro averages), from summed TP, FP and FN counts.

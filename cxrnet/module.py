@@ -20,7 +20,6 @@ from cxrnet.data.transforms import Preprocessing
 from cxrnet.losses import MultiTaskLoss
 from cxrnet.metrics import TaskMetrics
 from cxrnet.models.cxrnet import CXRNet, CXRNetOutput
-from cxrnet.models.heads import apply_gate
 
 STAGES = ("train", "val", "test")
 
@@ -97,8 +96,7 @@ class CXRNetModule(pl.LightningModule):
         out = self.net(batch["image"])
         deletion_logits = None
         if self.loss.weights["deletion"] > 0:
-            removed = apply_gate(batch["image"], 1 - out.explanation, self.net.gate_fill)
-            deletion_logits = self.net.forward_heads(self.net.forward_features(removed))[0]
+            deletion_logits = self.net.deletion_logits(batch["image"], out.explanation)
         scales = self.net.severity_head.scales if self.net.severity_head is not None else None
         terms = self.loss(out, batch, severity_scales=scales, deletion_logits=deletion_logits)
         batch_size = batch["image"].shape[0]

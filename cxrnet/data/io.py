@@ -65,7 +65,6 @@ __all__ = [
     "DecodedImage",
     "ImageReadError",
     "TruncatedImageWarning",
-    "check_record",
     "decode_image",
     "find_images",
     "is_dicom",
@@ -1045,20 +1044,6 @@ def load_record(record: Record, *, target_size: int | None = None) -> RawItem:
         severity=dict(record.severity),
         meta=meta,
     )
-
-
-def check_record(record: Record) -> list[str]:
-    """Read a record's files and list every problem found (for a data check); empty when all is well.
-
-    Returns:
-        Problems as ``"<file>: <problem>"`` strings.
-    """
-    try:
-        shape = read_image(record.path).shape
-    except ImageReadError as exc:
-        return [f"{exc.path}: {exc.reason}"]
-    masks = [*record.lung_mask, *([record.infection_mask] if record.infection_mask else [])]
-    return [f"{mask}: {problem}" for mask in masks for problem in mask_problems(mask, shape)]
 
 
 # ------------------------------------------------------------------------------------- discovery

@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 from scipy.fft import dctn
 
-from cxrnet.data.io import read_image
 from cxrnet.data.records import Record
 
 __all__ = [
@@ -32,9 +31,10 @@ __all__ = [
     "check_fractions",
     "find_near_duplicates",
     "hamming",
-    "hash_records",
+    "hash_words",
     "image_hash",
     "patient_split",
+    "popcount",
 ]
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -80,11 +80,6 @@ def image_hash(image: np.ndarray, hash_size: int = 16) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def hash_records(records: Sequence[Record]) -> list[int]:
-    """:func:`image_hash` of each record's image, read with :func:`cxrnet.data.io.read_image`."""
-    return [image_hash(read_image(record.path)) for record in records]
-
-
 def hamming(a: int, b: int) -> int:
     """Number of differing bits between two hashes."""
     return (int(a) ^ int(b)).bit_count()
@@ -105,16 +100,16 @@ def find_near_duplicates(
     """
     if len(records) != len(hashes):
         raise ValueError(f"got {len(records)} records but {len(hashes)} hashes; pass one hash per record")
-    words = _as_words(hashes)
+    words = hash_words(hashes)
     parent = list(range(len(words)))
     rows = max(1, 2**22 // max(1, len(words)))  # about 32 MB of xor per block
     for start in range(0, len(words), rows):
         # a pair's distance is at least that of its first word: screen on it, then count all words
-        first = _popcount(words[start : start + rows, None, 0] ^ words[None, :, 0])
+        first = popcount(words[start : start + rows, None, 0] ^ words[None, :, 0])
         i, j = np.nonzero(first <= max_distance)
         keep = start + i < j
         i, j = start + i[keep], j[keep]
-        distances = _popcount(words[i] ^ words[j]).sum(axis=-1)
+        distances = popcount(words[i] ^ words[j]).sum(axis=-1)
         for a, b in zip(i[distances <= max_distance], j[distances <= max_distance]):
             _union(parent, int(a), int(b))
     groups: dict[int, set[int]] = defaultdict(set)
@@ -123,14 +118,34 @@ def find_near_duplicates(
     return sorted((g for g in groups.values() if len(g) > 1), key=min)
 
 
-def _as_words(hashes: Sequence[int]) -> np.ndarray:
-    """Hashes as an N x W array of uint64 words."""
-    n_words = max([(int(h).bit_length() + 63) // 64 for h in hashes] + [1])
-    data = b"".join(int(h).to_bytes(8 * n_words, "big") for h in hashes)
-    return np.frombuffer(data, dtype=">u8").astype(np.uint64).reshape(len(hashes), n_words)
+def hash_words(hashes: Sequence[int | str], bits: int | None = None) -> np.ndarray:
+    """Image hashes (ints, or hex strings as checkpoints store them) as an N x W array of uint64 words.
+
+    Args:
+        hashes: non-negative hashes.
+        bits: the hash width; ``None`` uses the widest hash given. Hashes wider than ``bits`` are refused.
+
+    Raises:
+        ValueError: a negative hash, or one wider than ``bits``, naming it.
+    """
+    numbers = [int(h, 16) if isinstance(h, str) else int(h) for h in hashes]
+    width = bits if bits is not None else max([n.bit_length() for n in numbers] + [1])
+    n_words = max(1, (width + 63) // 64)
+    for value, number in zip(hashes, numbers):
+        if (
+            number < 0
+            or number.bit_length() > 64 * n_words
+            or (bits is not None and number.bit_length() > bits)
+        ):
+            raise ValueError(
+                f"image hash {value!r} is not a {width}-bit hash (cxrnet.data.splits.image_hash)"
+            )
+    data = b"".join(number.to_bytes(8 * n_words, "big") for number in numbers)
+    return np.frombuffer(data, dtype=">u8").astype(np.uint64).reshape(len(numbers), n_words)
 
 
-def _popcount(values: np.ndarray) -> np.ndarray:
+def popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (``np.bitwise_count`` on numpy 2, an unpacking fallback on numpy 1.x)."""
     if hasattr(np, "bitwise_count"):  # numpy >= 2
         return np.bitwise_count(values)
     as_bytes = values.view(np.uint8).reshape(*values.shape, 8)

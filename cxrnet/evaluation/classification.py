@@ -17,7 +17,7 @@ distinct score), so AUROC and average precision agree with ``sklearn.metrics`` t
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -389,9 +389,3 @@ def covidnet_table(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[
         }
         for name in class_names
     ]
-
-
-def metrics_subset(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
-    """Keys of ``metrics`` that start with ``prefix/``, with the prefix removed (e.g. one class's metrics)."""
-    head = prefix + "/"
-    return {k[len(head) :]: v for k, v in metrics.items() if k.startswith(head)}

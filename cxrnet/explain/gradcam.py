@@ -2,9 +2,8 @@
 
 An explainer wraps a network and names a layer (as in MONAI's ``visualize.class_activation_maps`` and
 ``pytorch-grad-cam``). The network needs the interface of :class:`~cxrnet.models.CXRNet`:
-``segment(x) -> B×3×H×W`` map logits in :data:`~cxrnet.models.MAP_NAMES` order, ``gate(x, lung_logits,
-explanation)``, ``forward_features(gated) -> B×F×h×w`` and ``forward_heads(features) -> (class_logits,
-severity)``.
+``gated_input(x) -> B×1×H×W`` (the image as encoder 2 sees it), ``forward_features(gated) -> B×F×h×w`` and
+``forward_heads(features) -> Heads(class_logits, severity)``.
 
 The class score is differentiated along the *gated-input path* only: encoder 1 and the decoder run without
 gradients and produce the gated image exactly as ``CXRNet.forward`` does; encoder 2 and the heads then run on
@@ -24,21 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrnet.explain.native import eval_mode, normalize_per_image
-from cxrnet.models.cxrnet import MAP_NAMES
 
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 
 
 def gated_input(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The B×1×H×W image as encoder 2 sees it (gated by the explanation map), without gradients.
-
-    Mirrors ``CXRNet.forward``; ``tests/explain/test_gradcam.py`` checks that both give the same class logits.
-    """
+    """The B×1×H×W image as encoder 2 sees it (:meth:`CXRNet.gated_input`), without gradients."""
     with torch.no_grad():
-        maps = net.segment(images)
-        lung_logits = maps[:, MAP_NAMES.index("lung")].unsqueeze(1)
-        explanation = torch.sigmoid(maps[:, MAP_NAMES.index("explanation")].unsqueeze(1))
-        return net.gate(images, lung_logits, explanation)
+        return net.gated_input(images)
 
 
 def resolve_layer(net: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -126,7 +118,7 @@ class GradCAM:
             gated = gated_input(self.net, images).detach().requires_grad_(True)
             with torch.enable_grad(), _capture(self.target_layer, store):
                 features = self.net.forward_features(gated)
-                logits, _ = self.net.forward_heads(features)
+                logits = self.net.forward_heads(features).class_logits
             if self.target_layer is None:
                 activations = features
             elif store:

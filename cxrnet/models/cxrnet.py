@@ -47,6 +47,13 @@ class CXRNetOutput(NamedTuple):
         return CXRNetOutput(*(None if t is None else t.float() for t in self))
 
 
+class Heads(NamedTuple):
+    """What encoder 2's heads return: B×C class logits and B×K severity scores (``None`` without that head)."""
+
+    class_logits: torch.Tensor
+    severity: torch.Tensor | None = None
+
+
 class CXRNet(nn.Module):
     """Multitask chest X-ray network: segmentation, explanation, classification and severity.
 
@@ -173,27 +180,42 @@ class CXRNet(nn.Module):
         """The image as encoder 2 sees it: gated by the explanation (and the dilated lung fields)."""
         return apply_gate(x, self.gate_map(lung_logits, explanation), self.gate_fill)
 
+    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lung_logits, infection_logits, explanation)``, each B×1×H×W; the explanation is the effective gate
+        (:meth:`gate_map`): exactly what encoder 2 is allowed to see."""
+        maps = self.segment(x)
+        lung_logits, infection_logits, explanation_logits = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
+        return lung_logits, infection_logits, self.gate_map(lung_logits, torch.sigmoid(explanation_logits))
+
+    def gated_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The B×1×H×W image as encoder 2 sees it in :meth:`forward` (for explainers that wrap encoder 2)."""
+        return apply_gate(x, self.maps(x)[2], self.gate_fill)
+
+    def deletion_logits(self, x: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
+        """Class logits of the image with the explanation's region removed (the gate ``1 - explanation``).
+
+        The deletion term of the loss asks these to lose the class: what the map points at must matter.
+        """
+        return self.forward_heads(
+            self.forward_features(apply_gate(x, 1 - explanation, self.gate_fill))
+        ).class_logits
+
     def forward_features(self, gated: torch.Tensor) -> torch.Tensor:
         """Encoder 2 on a gated image: B×1×H×W → deepest feature map B×F×h×w."""
         return self.classifier_encoder(gated)[-1]
 
-    def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class logits B×C and severity B×K (or ``None``) from encoder-2 features."""
+    def forward_heads(self, features: torch.Tensor) -> Heads:
+        """:class:`Heads` (class logits B×C, severity B×K or ``None``) from encoder-2 features."""
         severity = self.severity_head(features) if self.severity_head is not None else None
-        return self.classification_head(features), severity
+        return Heads(self.classification_head(features), severity)
 
     def forward(self, x: torch.Tensor) -> CXRNetOutput:
         """Run the whole network on a normalised B×1×H×W batch (H, W divisible by ``output_stride``)."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
-        maps = self.segment(x)
-        lung_logits, infection_logits, explanation_logits = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
-        # The explanation returned is the effective gate: exactly what encoder 2 was allowed to see.
-        explanation = self.gate_map(lung_logits, torch.sigmoid(explanation_logits))
-        class_logits, severity = self.forward_heads(
-            self.forward_features(apply_gate(x, explanation, self.gate_fill))
-        )
-        return CXRNetOutput(lung_logits, infection_logits, explanation, class_logits, severity)
+        lung_logits, infection_logits, explanation = self.maps(x)
+        heads = self.forward_heads(self.forward_features(apply_gate(x, explanation, self.gate_fill)))
+        return CXRNetOutput(lung_logits, infection_logits, explanation, heads.class_logits, heads.severity)
 
 
 def create_model(compile: bool = False, **config: Any) -> CXRNet:

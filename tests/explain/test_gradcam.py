@@ -8,7 +8,7 @@ from torch import nn
 
 from cxrnet.explain import EXPLAINERS, GradCAM, GradCAMPlusPlus, get_explainer, native_explanation
 from cxrnet.explain.gradcam import gated_input
-from cxrnet.models import CXRNet, create_model
+from cxrnet.models import CXRNet, Heads, create_model
 
 CLASSES = ["normal", "bacterial", "viral", "covid19"]
 
@@ -57,7 +57,7 @@ def test_native_map_is_the_models_explanation_rescaled(net: CXRNet, images: torc
 
 def test_gated_path_reproduces_the_forward_pass(net: CXRNet, images: torch.Tensor) -> None:
     with torch.no_grad():
-        logits, _ = net.forward_heads(net.forward_features(gated_input(net, images)))
+        logits = net.forward_heads(net.forward_features(gated_input(net, images))).class_logits
         torch.testing.assert_close(logits, net(images).class_logits)
 
 
@@ -121,19 +121,14 @@ class QuadrantNet(nn.Module):
             conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
         self.classifier_encoder = nn.Sequential(conv, nn.ReLU(), nn.AvgPool2d(8))
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(x.shape[0], 3, *x.shape[-2:])
-        logits[:, 2] = 20.0  # explanation ≈ 1: the gate keeps the whole image
-        return logits
-
-    def gate(self, x: torch.Tensor, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
-        return x * explanation
+    def gated_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(torch.full_like(x, 20.0))  # explanation ≈ 1: the gate keeps the whole image
 
     def forward_features(self, gated: torch.Tensor) -> torch.Tensor:
         return self.classifier_encoder(gated)
 
-    def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return features.mean(dim=(2, 3)), None
+    def forward_heads(self, features: torch.Tensor) -> Heads:
+        return Heads(features.mean(dim=(2, 3)), None)
 
 
 def _quadrant_of_peak(saliency: torch.Tensor) -> tuple[int, int]:

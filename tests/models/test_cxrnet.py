@@ -59,10 +59,9 @@ def test_explanation_gates_what_the_classifier_sees() -> None:
     net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100").eval()
     x = torch.randn(1, 1, 64, 64)
     maps = net.segment(x)
-    closed = net.forward_heads(net.forward_features(net.gate(x, maps[:, :1], torch.zeros_like(maps[:, :1]))))[
-        0
-    ]
-    blank = net.forward_heads(net.forward_features(torch.zeros_like(x)))[0]
+    gated = net.gate(x, maps[:, :1], torch.zeros_like(maps[:, :1]))
+    closed = net.forward_heads(net.forward_features(gated)).class_logits
+    blank = net.forward_heads(net.forward_features(torch.zeros_like(x))).class_logits
     # With a closed gate the classifier sees nothing of the image: same logits as for a blank input.
     torch.testing.assert_close(closed, blank)
 
@@ -146,3 +145,28 @@ def test_blur_fill_builds_and_keeps_gated_regions() -> None:
     assert float(gated[..., 32:, :].std()) < float(
         x[..., 32:, :].std()
     )  # the removed half is blurred, not kept
+
+
+def test_one_gate_serves_forward_explainers_and_the_deletion_term() -> None:
+    """``maps``/``gated_input``/``deletion_logits`` are the forward pass's own gate, not copies of it."""
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["a", "b", "c"],
+        encoder="tu-mobilenetv3_small_100",
+        decoder_channels=[32, 24, 16, 16, 8],
+        gate_with_lungs=True,
+        severity_targets=["brixia"],
+    ).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        lung, infection, explanation = net.maps(x)
+        torch.testing.assert_close(explanation, out.explanation)
+        torch.testing.assert_close(lung, out.lung_logits)
+        torch.testing.assert_close(infection, out.infection_logits)
+        heads = net.forward_heads(net.forward_features(net.gated_input(x)))
+        torch.testing.assert_close(heads.class_logits, out.class_logits)
+        torch.testing.assert_close(heads.severity, out.severity)
+        removed = net.forward_heads(net.forward_features(x * (1 - explanation))).class_logits
+        torch.testing.assert_close(net.deletion_logits(x, explanation), removed)
+        assert not torch.allclose(net.deletion_logits(x, explanation), out.class_logits)
