@@ -432,10 +432,9 @@ def _write_with_overlays(
     """
     waiting: deque[tuple[FileResult, Future[tuple[str | None, str | None]] | None]] = deque()
 
-    def flush(keep: int) -> None:
-        while len(waiting) > keep:
-            result, drawn = waiting.popleft()
-            write(result, *(drawn.result() if drawn is not None else (None, None)))
+    def write_oldest() -> None:
+        result, drawn = waiting.popleft()
+        write(result, *(drawn.result() if drawn is not None else (None, None)))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrnet-overlay") as pool:
         try:
@@ -445,9 +444,10 @@ def _write_with_overlays(
                     drawn = pool.submit(_draw, result, out_dir, f"{OVERLAY_DIR}/{names[result.path]}")
                 waiting.append((result, drawn))
                 while waiting and (len(waiting) > max_pending or _done(waiting[0][1])):
-                    flush(len(waiting) - 1)
+                    write_oldest()
                 del result, drawn
-            flush(0)
+            while waiting:
+                write_oldest()
         finally:
             for _, drawn in waiting:  # an interrupted run: drop what is not written yet
                 if drawn is not None:

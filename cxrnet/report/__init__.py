@@ -19,19 +19,14 @@ _PLOTS = frozenset(
     }
 )
 
-__all__ = [
+__all__ = [  # the plotting names are loaded on first use, by __getattr__
     "Figure",
     "Section",
     "Table",
     "format_value",
     "metrics_table",
-    "plot_confusion",
-    "plot_pr",
-    "plot_reliability",
-    "plot_roc",
-    "plot_segmentation_grid",
-    "plot_severity_scatter",
     "write_report",
+    *sorted(_PLOTS),
 ]
 
 
