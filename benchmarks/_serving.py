@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cxrnet.checkpoint import save_checkpoint
-from cxrnet.data.io import read_image
+from cxrnet.data.images import read_image
 from cxrnet.data.phantoms import generate_phantoms
 from cxrnet.data.transforms import Preprocessing, letterbox
 from cxrnet.devices import autocast, inference_precision

@@ -44,7 +44,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import features
 
-from cxrnet.data.io import decode_image, read_image, read_mask
+from cxrnet.data.images import decode_image, read_image
+from cxrnet.data.masks import read_mask
 from cxrnet.data.phantoms import CLASSES, generate_phantoms
 from cxrnet.datamodule import CXRDataModule
 from cxrnet.devices import autocast_dtype, resolve_precision

@@ -17,15 +17,13 @@ from typing import Any
 
 import hydra
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from scipy.special import softmax
 
-from cxrnet.checkpoint import load_network, preprocessing_of, save_checkpoint
-from cxrnet.devices import inference_precision, resolve_device
-from cxrnet.evaluate import config_digest, data_config
-from cxrnet.evaluation.calibration import apply_temperature, expected_calibration_error
-from cxrnet.evaluation.collect import collect_logits
+from cxrnet.checkpoint import preprocessing_of, save_checkpoint
+from cxrnet.collect import collect_logits
+from cxrnet.command import CONFIG_PATH, config_digest, open_split
+from cxrnet.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +47,25 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
         ECE and negative log-likelihood on that split before and after.
 
     Raises:
-        ValueError: the split has no labelled item, or ``output`` would overwrite the input checkpoint.
+        ValueError: the split is unknown, empty or has no labelled item, or ``output`` would overwrite the
+            input checkpoint.
     """
-    from cxrnet.evaluation.calibration import fit_temperature
-
     source, output = Path(cfg.checkpoint), Path(cfg.output)
     if output.resolve() == source.resolve():
         raise ValueError(f"output={output} is the input checkpoint; write the calibrated model to a new file")
-    net, meta = load_network(source)
-    data_cfg = data_config(cfg, meta)
-    datamodule = instantiate(data_cfg, _convert_="all")
-    datamodule.setup()
-    if cfg.split not in datamodule.datasets:
-        raise ValueError(f"split={cfg.split!r} is not one of {sorted(datamodule.datasets)}")
+    opened = open_split(cfg)
+    net, meta, data_cfg = opened.net, opened.meta, opened.data
     labels, logits, patients = collect_logits(
         net,
-        datamodule.datasets[cfg.split],
-        batch_size=int(data_cfg.batch_size),
-        num_workers=int(data_cfg.get("num_workers", 0)),
-        device=resolve_device(str(cfg.device)),
-        precision=str(cfg.get("precision") or "auto"),
+        opened.dataset,
+        batch_size=opened.batch_size,
+        num_workers=opened.num_workers,
+        device=opened.device,
+        precision=opened.precision,
     )
     keep = labels >= 0
     if not keep.any():
-        raise ValueError(
-            f"the {cfg.split} split of data={data_cfg.name} has no labelled item; a temperature needs class labels"
-        )
+        raise ValueError(f"{opened.name} has no labelled item; a temperature needs class labels")
     labels, logits = labels[keep], logits[keep]
     temperature = fit_temperature(logits, labels)
     report = {
@@ -84,7 +75,7 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
         "data": str(data_cfg.name),
         "root": data_cfg.get("root"),
         "split": str(cfg.split),
-        "precision": inference_precision(str(cfg.get("precision") or "auto"), str(cfg.device)),
+        "precision": opened.precision,
         "n_items": int(keep.sum()),
         "n_patients": len(set(patients[keep])),
         "ece_before": expected_calibration_error(labels, softmax(logits, axis=1)),
@@ -112,7 +103,7 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="calibrate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="calibrate")
 def main(cfg: DictConfig) -> None:
     calibrate(cfg)
 

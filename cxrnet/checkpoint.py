@@ -34,7 +34,7 @@ from typing import IO, Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxrnet.checkpoint_validation import (
+from cxrnet.checkpoint_streams import (
     CHECKPOINT_KEY,
     FORMAT_VERSION,
     UNTRUSTED_HINT,
@@ -42,9 +42,8 @@ from cxrnet.checkpoint_validation import (
     check_pickle_stream,
     error_summary,
     parse_stored_config,
-    stored_config,
-    validate_checkpoint,
 )
+from cxrnet.checkpoint_validation import stored_config, validate_checkpoint
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.models.cxrnet import CXRNet, create_model
 

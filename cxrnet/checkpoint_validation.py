@@ -6,13 +6,11 @@ later uses is checked here, once, before a network is built or a number is compu
 out of bounds is a :class:`CheckpointError` naming the file, the field and how to get a usable file:
 
 - before ``torch.load`` runs, its pickle stream is read without building anything
-  (:func:`check_pickle_stream`): a dictionary key made of tuples that share themselves would make unpickling
-  hash forever (a 1 kB file); ``weights_only`` stops code from running, not this;
+  (:func:`cxrnet.checkpoint_streams.check_pickle_stream`);
 - the metadata (``checkpoint["cxrnet"]``) holds JSON-like values only, without cycles, at most
   :data:`MAX_METADATA_DEPTH` deep and :data:`MAX_METADATA_VALUES` values expanded (pickle can share one list
   many times: a few hundred bytes can hold a "billion laughs");
-- the stored training config is YAML of at most :data:`MAX_CONFIG_BYTES`, without anchors or aliases, read by
-  a safe loader (:func:`parse_stored_config`);
+- the stored training config is bounded YAML (:func:`cxrnet.checkpoint_streams.parse_stored_config`);
 - ``model``: known settings, known encoder and decoder names, decoder widths in
   :data:`DECODER_CHANNELS_RANGE`, 2 to 1000 unique class names, finite positive severity scales;
 - one source of truth for names: top-level ``classes`` and ``severity_targets`` equal the model's, and the
@@ -31,24 +29,23 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import pickletools
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from cxrnet.checkpoint_streams import (
+    CHECKPOINT_KEY,
+    FORMAT_VERSION,
+    MAX_METADATA_DEPTH,
+    CheckpointError,
+    error_summary,
+    parse_stored_config,
+    refusal,
+)
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.models.cxrnet import CXRNet
 from cxrnet.models.encoders import check_decoder_name, check_encoder_name
-
-CHECKPOINT_KEY = "cxrnet"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """The file is not a usable cxrnet checkpoint; the message names the file and the reason."""
-
 
 IMAGE_SIZE_RANGE = (32, 4096)
 """Smallest and largest ``preprocessing.image_size`` (pixels, a multiple of :data:`IMAGE_SIZE_MULTIPLE`)."""
@@ -80,37 +77,16 @@ MEAN_RANGE = (-1e3, 1e3)
 STD_RANGE = (1e-3, 1e3)
 """Allowed ``preprocessing.std``; a tinier one turns every input into infinities."""
 
-MAX_CONFIG_BYTES = 1 << 20
-"""Largest stored training config (YAML text); cxrnet writes a few kB."""
-
 MAX_METADATA_VALUES = 5_000_000
 """Most values the metadata may hold, counting a shared part each time it is reached (as a reader walking it,
 or writing it as JSON, would); a training fingerprint of 100,000 items holds about 200,000."""
 
-MAX_METADATA_DEPTH = 32
-"""Deepest nesting of containers in the metadata (and in the stored YAML config); cxrnet writes 5."""
-
-#: How to get a usable file, appended to every refusal of a checkpoint's content.
-UNTRUSTED_HINT = (
-    "the file was not written by cxrnet or was altered since: use a checkpoint written by python -m "
-    "cxrnet.train or python -m cxrnet.calibrate, from a source you trust"
-)
 _MODEL_KEYS = frozenset(inspect.signature(CXRNet.__init__).parameters) - {"self"}
 _PREPROCESSING_KEYS = frozenset(field.name for field in dataclasses.fields(Preprocessing))
 _GATE_FILLS = ("zero", "blur")
 _CLASSIFIER = ("net.classification_head.fc.weight", "net.classification_head.fc.bias")
 _SEVERITY_SCALES = "net.severity_head.scales"
 _HEX_DIGITS = frozenset("0123456789abcdef")
-
-
-def error_summary(err: BaseException) -> str:
-    """The first line of an exception's message (at most 300 characters), or its type's name."""
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
-def _refuse(path: Path, field: str, problem: str, fix: str = UNTRUSTED_HINT) -> CheckpointError:
-    return CheckpointError(f"refusing checkpoint {path}: {field} {problem}; {fix}")
 
 
 def _show(value: Any) -> str:
@@ -125,7 +101,7 @@ def _is_number(value: Any) -> bool:
 def _whole(path: Path, field: str, value: Any, low: int, high: int, multiple: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high or value % multiple:
         every = f", a multiple of {multiple}," if multiple > 1 else ""
-        raise _refuse(path, field, f"is {_show(value)}; expected a whole number{every} in [{low}, {high}]")
+        raise refusal(path, field, f"is {_show(value)}; expected a whole number{every} in [{low}, {high}]")
     return value
 
 
@@ -133,16 +109,16 @@ def _real(path: Path, field: str, value: Any, low: float, high: float) -> float:
     # An int is always finite, and math.isfinite cannot take one beyond float range (10**400).
     finite = _is_number(value) and (isinstance(value, int) or math.isfinite(value))
     if not finite or not low <= value <= high:
-        raise _refuse(path, field, f"is {_show(value)}; expected a finite number in [{low:g}, {high:g}]")
+        raise refusal(path, field, f"is {_show(value)}; expected a finite number in [{low:g}, {high:g}]")
     return float(value)
 
 
 def _names(path: Path, field: str, value: Any, low: int, high: int) -> list[str]:
     """A list of ``low``..``high`` unique, non-empty, printable names of at most :data:`MAX_NAME_CHARS`."""
     if not isinstance(value, (list, tuple)):
-        raise _refuse(path, field, f"is {_show(value)}; expected a list of names")
+        raise refusal(path, field, f"is {_show(value)}; expected a list of names")
     if not low <= len(value) <= high:
-        raise _refuse(path, field, f"holds {len(value)} name(s); expected {low} to {high}")
+        raise refusal(path, field, f"holds {len(value)} name(s); expected {low} to {high}")
     for name in value:
         if (
             not isinstance(name, str)
@@ -150,7 +126,7 @@ def _names(path: Path, field: str, value: Any, low: int, high: int) -> list[str]
             or len(name) > MAX_NAME_CHARS
             or not name.isprintable()
         ):
-            raise _refuse(
+            raise refusal(
                 path,
                 field,
                 f"holds {_show(name)}; expected non-empty printable names of at most {MAX_NAME_CHARS} "
@@ -158,7 +134,7 @@ def _names(path: Path, field: str, value: Any, low: int, high: int) -> list[str]
             )
     if len(set(value)) != len(value):
         repeated = sorted({name for name in value if value.count(name) > 1})
-        raise _refuse(path, field, f"names {repeated} more than once; each output needs its own name")
+        raise refusal(path, field, f"names {repeated} more than once; each output needs its own name")
     return list(value)
 
 
@@ -166,7 +142,7 @@ def _mapping(path: Path, field: str, value: Any, optional: bool = True) -> dict[
     if value is None and optional:
         return {}
     if not isinstance(value, dict):
-        raise _refuse(path, field, f"is {_show(value)}; expected a mapping")
+        raise refusal(path, field, f"is {_show(value)}; expected a mapping")
     return value
 
 
@@ -185,28 +161,28 @@ def _check_structure(path: Path, meta: dict[str, Any]) -> None:
         if key in sizes:
             return sizes[key]
         if key in walking:
-            raise _refuse(path, field, "contains itself (a cyclic structure)")
+            raise refusal(path, field, "contains itself (a cyclic structure)")
         if depth > MAX_METADATA_DEPTH:
-            raise _refuse(path, field, f"is nested more than {MAX_METADATA_DEPTH} levels deep")
+            raise refusal(path, field, f"is nested more than {MAX_METADATA_DEPTH} levels deep")
         walking.add(key)
         total = 1
         pairs = value.items() if isinstance(value, dict) else enumerate(value)
         for name, child in pairs:
             if isinstance(value, dict) and not isinstance(name, str):
-                raise _refuse(path, field, f"has the key {_show(name)}; metadata keys are strings")
+                raise refusal(path, field, f"has the key {_show(name)}; metadata keys are strings")
             if isinstance(child, (dict, list, tuple)):
                 inner = f"{field}.{name}" if isinstance(value, dict) else f"{field}[{name}]"
                 total += walk(child, inner, depth + 1)
             elif child is None or isinstance(child, (str, int, float)):  # bool is an int
                 total += 1
             else:
-                raise _refuse(
+                raise refusal(
                     path,
                     f"{field}.{name}" if isinstance(value, dict) else f"{field}[{name}]",
                     f"is a {type(child).__name__}; checkpoint metadata holds only JSON-like values",
                 )
             if total > MAX_METADATA_VALUES:
-                raise _refuse(
+                raise refusal(
                     path,
                     field,
                     f"expands to more than {MAX_METADATA_VALUES} values (shared parts counted each time they "
@@ -217,197 +193,6 @@ def _check_structure(path: Path, meta: dict[str, Any]) -> None:
         return total
 
     walk(meta, CHECKPOINT_KEY, 0)
-
-
-MAX_KEY_VALUES = 10_000
-"""Most values a dictionary key in the checkpoint's pickle may hold (cxrnet and Lightning write string and
-integer keys: 1 value each)."""
-
-_PUSH_ONE = frozenset(
-    [
-        "NONE",
-        "NEWTRUE",
-        "NEWFALSE",
-        "INT",
-        "BININT",
-        "BININT1",
-        "BININT2",
-        "LONG",
-        "LONG1",
-        "LONG4",
-        "FLOAT",
-        "BINFLOAT",
-        "STRING",
-        "BINSTRING",
-        "SHORT_BINSTRING",
-        "BINBYTES",
-        "SHORT_BINBYTES",
-        "BINBYTES8",
-        "BYTEARRAY8",
-        "UNICODE",
-        "BINUNICODE",
-        "SHORT_BINUNICODE",
-        "BINUNICODE8",
-        "EMPTY_LIST",
-        "EMPTY_DICT",
-        "EMPTY_SET",
-        "GLOBAL",
-        "PERSID",
-        "EXT1",
-        "EXT2",
-        "EXT4",
-        "NEXT_BUFFER",
-    ]
-)
-_REPLACE = {"STACK_GLOBAL": 2, "BINPERSID": 1, "REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3, "READONLY_BUFFER": 1}
-_POP = {"APPEND": 1, "BUILD": 1, "POP": 1}
-
-
-def check_pickle_stream(data: bytes, path: str | Path = "checkpoint") -> None:
-    """Refuse a pickle whose dictionary keys are tuples that share themselves into an exponential hash.
-
-    Unpickling hashes every dictionary key, and hashing a tuple hashes all it contains, again for each
-    reference: 60 tuples of two references to the previous one make a 1 kB file whose loading, inside
-    ``torch.load``, never ends (``weights_only`` allows tuples). The opcodes are read without building
-    anything, each stack entry weighed by the values a hash of it visits; a key heavier than
-    :data:`MAX_KEY_VALUES` is refused. A stream this reading cannot follow is left to ``torch.load``.
-
-    Args:
-        data: the pickle stream (``data.pkl`` of a torch zip archive).
-        path: the checkpoint, for messages.
-
-    Raises:
-        CheckpointError: a dictionary key (or frozenset element) would visit more than
-            :data:`MAX_KEY_VALUES` values when hashed.
-    """
-    stack: list[int] = []
-    marks: list[int] = []  # stack heights at each open MARK, as the unpickler keeps them
-    memo: dict[int, int] = {}
-
-    def to_mark() -> list[int]:
-        start = marks.pop()
-        items = stack[start:]
-        del stack[start:]
-        return items
-
-    def check_keys(keys: list[int]) -> None:
-        heaviest = max(keys, default=0)
-        if heaviest > MAX_KEY_VALUES:
-            raise _refuse(
-                Path(path),
-                "the pickle stream",
-                f"has a dictionary key of over {MAX_KEY_VALUES} values ({heaviest}, shared tuples that a "
-                "hash visits again for every reference): loading it would never end",
-            )
-
-    try:
-        for opcode, argument, _ in pickletools.genops(data):
-            name = opcode.name
-            if name in _PUSH_ONE:
-                stack.append(1)
-            elif name == "MARK":
-                marks.append(len(stack))
-            elif name == "EMPTY_TUPLE":
-                stack.append(1)
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                size = int(name[-1])
-                items = stack[-size:]
-                del stack[-size:]
-                stack.append(min(1 + sum(items), 2**62))
-            elif name == "TUPLE":
-                stack.append(min(1 + sum(to_mark()), 2**62))
-            elif name in ("LIST", "DICT", "OBJ", "INST"):
-                items = to_mark()
-                if name == "DICT":
-                    check_keys(items[0::2])
-                stack.append(1)
-            elif name in ("APPENDS", "POP_MARK", "ADDITEMS"):
-                items = to_mark()
-                if name == "ADDITEMS":
-                    check_keys(items)
-            elif name == "SETITEM":
-                check_keys([stack[-2]])
-                del stack[-2:]
-            elif name == "SETITEMS":
-                check_keys(to_mark()[0::2])
-            elif name == "FROZENSET":
-                check_keys(to_mark())
-                stack.append(1)
-            elif name in _REPLACE:
-                del stack[-_REPLACE[name] :]
-                stack.append(1)
-            elif name in _POP:
-                del stack[-_POP[name] :]
-            elif name == "DUP":
-                stack.append(stack[-1])
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(argument)] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo[int(argument)])
-            elif name == "STOP":
-                return
-            elif name not in ("PROTO", "FRAME"):
-                return  # an opcode not followed here: torch.load decides
-    except CheckpointError:
-        raise
-    except Exception:  # a malformed stream (underflow, unknown memo, bad opcode): torch.load refuses it
-        return
-
-
-def parse_stored_config(text: str, path: str | Path = "checkpoint") -> dict[str, Any]:
-    """Parse the training config a checkpoint stores as YAML text, safely and with bounds.
-
-    cxrnet writes it with ``OmegaConf.to_yaml``: plain YAML of a few kB, without anchors or aliases. A YAML
-    alias repeats a node without copying it, so a 560-byte text can expand to billions of nodes once
-    converted (a "billion laughs"); aliases, anchors, tags beyond YAML's safe ones, nesting deeper than
-    :data:`MAX_METADATA_DEPTH` and texts above :data:`MAX_CONFIG_BYTES` are refused before anything is built.
-    Interpolations (``${...}``) are kept as text, never resolved.
-
-    Args:
-        text: the stored YAML.
-        path: the checkpoint, for messages.
-
-    Returns:
-        The config as plain dicts and lists (``{}`` for an empty text).
-
-    Raises:
-        CheckpointError: the text is too large, not valid YAML, uses aliases or anchors, is nested too deeply,
-            or is not a mapping.
-    """
-    path, field = Path(path), f"{CHECKPOINT_KEY}.config"
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_CONFIG_BYTES:
-        raise _refuse(path, field, f"is {size} bytes of YAML; at most {MAX_CONFIG_BYTES} are read")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    depth = 0
-    try:
-        # Events are checked before any node is composed: an alias is refused before it can expand.
-        for event in yaml.parse(text, Loader=loader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-                raise _refuse(
-                    path,
-                    field,
-                    "uses YAML anchors or aliases (&name / *name), which cxrnet never writes and which can "
-                    "expand a few hundred bytes into billions of nodes ('billion laughs')",
-                )
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_METADATA_DEPTH:
-                    raise _refuse(path, field, f"is nested more than {MAX_METADATA_DEPTH} levels deep")
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-        config = yaml.load(text, Loader=loader)
-    except CheckpointError:
-        raise
-    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as err:  # ValueError: a 5000-digit integer
-        raise _refuse(path, field, f"is not valid YAML ({error_summary(err)})") from err
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise _refuse(path, field, f"is YAML of a {type(config).__name__}; expected a mapping of options")
-    return config
 
 
 def stored_config(meta: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
@@ -423,22 +208,22 @@ def _check_model(path: Path, model: Any) -> dict[str, Any]:
     model = _mapping(path, field, model, optional=False)
     unknown = sorted(set(model) - _MODEL_KEYS)
     if unknown:
-        raise _refuse(path, field, f"has unknown settings {unknown}; valid: {sorted(_MODEL_KEYS)}")
+        raise refusal(path, field, f"has unknown settings {unknown}; valid: {sorted(_MODEL_KEYS)}")
     _names(path, f"{field}.classes", model.get("classes"), *CLASS_COUNT_RANGE)
     for key in ("encoder", "classifier_encoder", "decoder"):
         name = model.get(key, "resnet18" if key == "encoder" else "unet" if key == "decoder" else None)
         if name is None and key == "classifier_encoder":
             continue
         if not isinstance(name, str):
-            raise _refuse(path, f"{field}.{key}", f"is {_show(name)}; expected a name")
+            raise refusal(path, f"{field}.{key}", f"is {_show(name)}; expected a name")
         try:
             (check_decoder_name if key == "decoder" else check_encoder_name)(name)
         except ValueError as err:
-            raise _refuse(path, f"{field}.{key}", f"is unknown ({error_summary(err)})") from err
+            raise refusal(path, f"{field}.{key}", f"is unknown ({error_summary(err)})") from err
     channels = model.get("decoder_channels")
     if channels is not None:
         if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= MAX_DECODER_BLOCKS:
-            raise _refuse(
+            raise refusal(
                 path,
                 f"{field}.decoder_channels",
                 f"is {_show(channels)}; expected a list of 1 to {MAX_DECODER_BLOCKS} widths",
@@ -450,16 +235,16 @@ def _check_model(path: Path, model: Any) -> dict[str, Any]:
     )
     scales = _mapping(path, f"{field}.severity_scales", model.get("severity_scales"))
     if len(scales) > MAX_SEVERITY_TARGETS:
-        raise _refuse(
+        raise refusal(
             path, f"{field}.severity_scales", f"names {len(scales)} scales; at most {MAX_SEVERITY_TARGETS}"
         )
     for name, scale in scales.items():
         _real(path, f"{field}.severity_scales.{name}", scale, 1e-6, 1e6)
     for key in ("pretrained", "gate_with_lungs"):
         if not isinstance(model.get(key, False), bool):
-            raise _refuse(path, f"{field}.{key}", f"is {_show(model[key])}; expected true or false")
+            raise refusal(path, f"{field}.{key}", f"is {_show(model[key])}; expected true or false")
     if model.get("gate_fill", "zero") not in _GATE_FILLS:
-        raise _refuse(
+        raise refusal(
             path, f"{field}.gate_fill", f"is {_show(model['gate_fill'])}; expected one of {_GATE_FILLS}"
         )
     _real(path, f"{field}.lung_dilation", model.get("lung_dilation", 0.0), 0.0, 1.0)
@@ -471,7 +256,7 @@ def _check_preprocessing(path: Path, value: Any) -> None:
     field = f"{CHECKPOINT_KEY}.preprocessing"
     preprocessing = _mapping(path, field, value, optional=False)
     if set(preprocessing) != _PREPROCESSING_KEYS:
-        raise _refuse(
+        raise refusal(
             path, field, f"has the keys {sorted(preprocessing)}; expected {sorted(_PREPROCESSING_KEYS)}"
         )
     _whole(path, f"{field}.image_size", preprocessing["image_size"], *IMAGE_SIZE_RANGE, IMAGE_SIZE_MULTIPLE)
@@ -481,7 +266,7 @@ def _check_preprocessing(path: Path, value: Any) -> None:
 
 def _check_count(path: Path, field: str, value: Any) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise _refuse(path, field, f"is {_show(value)}; expected a count (a whole number >= 0)")
+        raise refusal(path, field, f"is {_show(value)}; expected a count (a whole number >= 0)")
 
 
 def _check_sources(path: Path, field: str, value: Any) -> None:
@@ -513,32 +298,32 @@ def _check_records(path: Path, meta: dict[str, Any]) -> None:
     data = _mapping(path, field, meta.get("training_data"))
     _check_count(path, f"{field}.n_items", data.get("n_items"))
     if not isinstance(data.get("hash", ""), str):
-        raise _refuse(path, f"{field}.hash", f"is {_show(data['hash'])}; expected the hash kind's name")
+        raise refusal(path, f"{field}.hash", f"is {_show(data['hash'])}; expected the hash kind's name")
     for key in ("patient_ids", "source", "image_hashes"):
         values = data.get(key, [])
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise _refuse(path, f"{field}.{key}", "is not a list of strings")
+            raise refusal(path, f"{field}.{key}", "is not a list of strings")
     if not all(len(h) == 64 and set(h) <= _HEX_DIGITS for h in data.get("image_hashes", [])):
-        raise _refuse(path, f"{field}.image_hashes", "holds a value that is not 64 lower-case hex digits")
+        raise refusal(path, f"{field}.image_hashes", "holds a value that is not 64 lower-case hex digits")
 
 
 def _check_weights(path: Path, state: Any, names: dict[str, Any]) -> None:
     """The weights: finite real tensors, a classifier with one output per class, severity scales as stated."""
     if not isinstance(state, dict):
-        raise _refuse(path, "state_dict", f"is {_show(state)}; expected the network's weights by name")
+        raise refusal(path, "state_dict", f"is {_show(state)}; expected the network's weights by name")
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise _refuse(
+            raise refusal(
                 path, f"state_dict[{_show(key)}]", f"is a {type(value).__name__}; expected a tensor"
             )
         if value.layout != torch.strided or value.is_complex() or value.is_quantized:
-            raise _refuse(
+            raise refusal(
                 path,
                 f"state_dict[{key!r}]",
                 f"is a {value.layout} {value.dtype} tensor; expected real dense weights",
             )
         if key.startswith("net.") and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise _refuse(
+            raise refusal(
                 path,
                 f"state_dict[{key!r}]",
                 "holds NaN or infinite values",
@@ -549,7 +334,7 @@ def _check_weights(path: Path, state: Any, names: dict[str, Any]) -> None:
     for key in _CLASSIFIER:
         weight = state.get(key)
         if weight is not None and (weight.ndim < 1 or weight.shape[0] != len(classes)):
-            raise _refuse(
+            raise refusal(
                 path,
                 f"state_dict[{key!r}]",
                 f"has {weight.shape[0] if weight.ndim else 0} outputs but classes names {len(classes)} "
@@ -561,7 +346,7 @@ def _check_weights(path: Path, state: Any, names: dict[str, Any]) -> None:
         if scales.shape != (len(stated),) or not torch.allclose(
             scales.float(), torch.tensor(stated), rtol=1e-5
         ):
-            raise _refuse(
+            raise refusal(
                 path,
                 f"state_dict[{_SEVERITY_SCALES!r}]",
                 f"is {scales.tolist()[:MAX_SEVERITY_TARGETS]} but model.severity_scales gives {stated} for "
@@ -606,7 +391,7 @@ def validate_checkpoint(checkpoint: Any, path: str | Path) -> dict[str, Any]:
     for key in ("classes", "severity_targets"):
         stated = meta.get(key, names[key] if key == "severity_targets" else None)
         if stated != names[key]:
-            raise _refuse(
+            raise refusal(
                 path,
                 f"{CHECKPOINT_KEY}.{key}",
                 f"is {_show(stated)} but {CHECKPOINT_KEY}.model.{key} is {_show(names[key])}: one output "
@@ -619,7 +404,7 @@ def validate_checkpoint(checkpoint: Any, path: str | Path) -> dict[str, Any]:
     if isinstance(config, str):
         parse_stored_config(config, path)
     elif config is not None and not isinstance(config, dict):
-        raise _refuse(path, f"{CHECKPOINT_KEY}.config", f"is {_show(config)}; expected YAML text")
+        raise refusal(path, f"{CHECKPOINT_KEY}.config", f"is {_show(config)}; expected YAML text")
     _check_records(path, meta)
     _check_weights(path, checkpoint["state_dict"], names)
     return checkpoint

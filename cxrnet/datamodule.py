@@ -20,13 +20,14 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
-from cxrnet.data.build import ON_ERROR, DataBuild, build_splits, check_options, source_specs
+from cxrnet.data.build import ON_ERROR, DataBuild, build_splits, check_options
 from cxrnet.data.cache import DataCache
 from cxrnet.data.dataset import CXRDataset, Item, collate
-from cxrnet.data.io import read_image
+from cxrnet.data.findings import DataReport
+from cxrnet.data.images import read_image
 from cxrnet.data.records import RawItem
-from cxrnet.data.report import DataReport
 from cxrnet.data.sources._common import check_choice
+from cxrnet.data.split_config import split_arguments
 from cxrnet.data.splits import (
     DEFAULT_FRACTIONS,
     DUPLICATE_MAX_DISTANCE,
@@ -90,7 +91,7 @@ class CXRDataModule(pl.LightningDataModule):
             a cache and with ``on_error="error"``, no image is read at setup).
 
     Attributes:
-        report: :class:`~cxrnet.data.report.DataReport` after ``setup`` (counts per split × class, excluded
+        report: :class:`~cxrnet.data.findings.DataReport` after ``setup`` (counts per split × class, excluded
             and skipped items, merged duplicates), logged at setup; ``None`` before.
     """
 
@@ -170,27 +171,34 @@ class CXRDataModule(pl.LightningDataModule):
             check_options(
                 "synthetic", self.options, synthetic_splits, set_by_data=("size", "seed", "classes")
             )
-            self.specs = []
+            self._split_arguments: dict[str, Any] = {}
         else:
-            self.specs = source_specs(name, root, self.options, self.label_map, sources)
+            self._split_arguments = split_arguments(
+                {
+                    "name": name,
+                    "root": root,
+                    "classes": self.classes,
+                    "options": self.options,
+                    "label_map": self.label_map,
+                    "sources": sources,
+                    "split_fractions": self.split_fractions,
+                    "folds": folds,
+                    "fold": fold,
+                    "seed": seed,
+                    "on_unknown_label": on_unknown_label,
+                    "on_error": on_error,
+                    "duplicate_max_distance": duplicate_max_distance,
+                    "num_workers": num_workers,
+                },
+                self.cache,
+            )
+        self.specs = self._split_arguments.get("specs", [])
         self._build: DataBuild | None = None
         build_augmentation(augment)  # an unknown preset fails here, before any data is read
 
     def _run_build(self) -> DataBuild:
         if self._build is None:
-            self._build = build_splits(
-                self.specs,
-                self.classes,
-                fractions=self.split_fractions,
-                seed=self.seed,
-                on_unknown_label=self.on_unknown_label,
-                on_error=self.on_error,
-                cache=self.cache,
-                duplicate_max_distance=self.duplicate_max_distance,
-                workers=self.num_workers,
-                folds=self.folds,
-                fold=self.fold,
-            )
+            self._build = build_splits(**self._split_arguments)
         return self._build
 
     def prepare_data(self) -> None:

@@ -22,7 +22,6 @@ synthetic phantoms only that is evaluated on real data carries that caveat in ru
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -35,72 +34,23 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from cxrnet.checkpoint import data_config_for_checkpoint, load_network, stored_config
-from cxrnet.data.dataset import CXRDataset
+from cxrnet.collect import collect
+from cxrnet.command import CONFIG_PATH, config_digest, open_split
 from cxrnet.data.records import Record
-from cxrnet.devices import inference_precision, resolve_device
 from cxrnet.evaluation.bootstrap import CI
-from cxrnet.evaluation.collect import MAP_ESTIMATES, Collected, collect
-from cxrnet.evaluation.report import NOTE, build_report, write_plots
-from cxrnet.evaluation.summary import (
-    compute_metrics,
-    confidence_intervals,
-    head_metrics,
-    withheld,
-    withhold_untrained,
-)
+from cxrnet.evaluation.results import Collected
+from cxrnet.evaluation.summary import compute_metrics, confidence_intervals, withheld, withhold_untrained
 from cxrnet.leakage import NOT_CHECKED, LeakageReport, guard_split, item_hash
-from cxrnet.provenance import SYNTHETIC, caveats, untrained_outputs
+from cxrnet.provenance import SYNTHETIC, caveats, head_metrics, untrained_outputs
+from cxrnet.report.evaluation import NOTE, build_report, write_plots
 
 log = logging.getLogger(__name__)
 
 SOFTWARE = ("torch", "pytorch-lightning", "segmentation-models-pytorch", "timm", "cxrnet")
 #: At most this many shared patients and duplicated files are listed in run.json (all are counted).
 MAX_LISTED = 100
-
-
-def config_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of the training config stored in the checkpoint (``""`` when there is none)."""
-    config = meta.get("config")
-    if not config:
-        return ""
-    text = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _stored_data_seed(meta: dict[str, Any], checkpoint: str | Path = "checkpoint") -> int | None:
-    """``data.seed`` of the training config stored in the checkpoint, if it records a whole number there.
-
-    The config is parsed by the checkpoint's safe, bounded YAML reader and read as plain data: nothing in it
-    is resolved or instantiated.
-    """
-    data = stored_config(meta, checkpoint).get("data")
-    seed = data.get("seed") if isinstance(data, dict) else None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
-def data_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
-    """``cfg.data`` with the checkpoint's image size, normalisation, classes and a fixed split seed.
-
-    Severity targets become the data's own, plus those the model regresses, plus the references the
-    map-derived scores are compared with.
-    """
-    missing = [f"data.{key}" for key in cfg.data if OmegaConf.is_missing(cfg.data, key) and key != "classes"]
-    if missing:
-        raise ValueError(
-            f"data={cfg.data.get('name')} needs {', '.join(f'{k}=...' for k in missing)} on the command line"
-        )
-    seed = (
-        cfg.seed if cfg.seed is not None else _stored_data_seed(meta, cfg.get("checkpoint") or "checkpoint")
-    )
-    data = data_config_for_checkpoint(cfg.data, meta, seed)
-    references = [*data.get("severity_targets", []), *meta.get("severity_targets", []), *MAP_ESTIMATES]
-    with open_dict(data):
-        data.severity_targets = list(dict.fromkeys(references))
-    return data
 
 
 def _hasher(datamodule: Any) -> Callable[[Any], int]:
@@ -226,39 +176,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         LeakageError: the split overlaps the training data and ``allow_leakage`` is false.
     """
     out_dir = Path(cfg.output_dir)
-    checkpoint = Path(cfg.checkpoint)
-    device = resolve_device(str(cfg.device))
-    precision = inference_precision(str(cfg.get("precision") or "auto"), device)  # before reading a file
-    net, meta = load_network(checkpoint)
-    data_cfg = data_config(cfg, meta)
-    datamodule = instantiate(data_cfg, _convert_="all")
-    datamodule.setup()
-    if cfg.split not in datamodule.datasets:
-        raise ValueError(f"split={cfg.split!r} is not one of {sorted(datamodule.datasets)}")
-    dataset: CXRDataset = datamodule.datasets[cfg.split]
-    if len(dataset) == 0:
-        raise ValueError(f"the {cfg.split} split of data={data_cfg.name} is empty; nothing to evaluate")
-    name = f"the {cfg.split} split of data={data_cfg.name}"
+    opened = open_split(cfg)
+    meta, dataset = opened.meta, opened.dataset
     leakage = guard_split(
         meta.get("training_data"),
         dataset,
         allow=bool(cfg.allow_leakage),
         max_distance=int(cfg.leakage_max_distance),
-        num_workers=int(data_cfg.get("num_workers", 0)),
-        name=name,
-        hash_item=_hasher(datamodule),
+        num_workers=opened.num_workers,
+        name=opened.name,
+        hash_item=_hasher(opened.datamodule),
     )
     temperature = meta.get("temperature")
     temperature = float(temperature) if temperature is not None else None
-    log.info("scoring %d items of %s on %s at %s", len(dataset), name, device, precision)
+    log.info("scoring %d items of %s on %s at %s", len(dataset), opened.name, opened.device, opened.precision)
     collected = collect(
-        net,
+        opened.net,
         dataset,
-        batch_size=int(data_cfg.batch_size),
-        num_workers=int(data_cfg.get("num_workers", 0)),
-        device=device,
+        batch_size=opened.batch_size,
+        num_workers=opened.num_workers,
+        device=opened.device,
         n_examples=int(cfg.report.n_examples),
-        precision=precision,
+        precision=opened.precision,
     )
     severity_targets = list(meta.get("severity_targets", []))
     untrained = untrained_outputs(meta.get("heads"), severity_targets)
@@ -285,7 +224,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     plots = write_plots(collected, out_dir / "plots", temperature, untrained)
 
     allowed = metrics["leakage/allowed"]
-    run = _provenance(cfg, checkpoint, meta, data_cfg, collected, leakage, allowed, untrained)
+    run = _provenance(cfg, Path(cfg.checkpoint), meta, opened.data, collected, leakage, allowed, untrained)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "metrics.json", metrics)
     _write_json(
@@ -305,7 +244,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

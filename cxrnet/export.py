@@ -35,10 +35,11 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from cxrnet.checkpoint import load_network, preprocessing_of
+from cxrnet.command import CONFIG_PATH, register_resolvers
 from cxrnet.models.cxrnet import CXRNet
 
 log = logging.getLogger(__name__)
@@ -212,18 +213,10 @@ def _run(cfg: DictConfig) -> None:
     export_model(cfg.checkpoint, cfg.format, cfg.output, opset=cfg.opset, image_size=cfg.image_size)
 
 
-def register_resolvers() -> None:
-    """``${cxrnet_dirname:<path>}``: the folder of a file (``.`` for a bare name), used for ``hydra.run.dir``."""
-    if not OmegaConf.has_resolver("cxrnet_dirname"):
-        OmegaConf.register_new_resolver(
-            "cxrnet_dirname", lambda path: os.path.dirname(str(path or "")) or "."
-        )
-
-
 def main() -> None:
     """Command-line entry point (Hydra): see ``cxrnet/conf/export.yaml``."""
     register_resolvers()
-    hydra.main(version_base="1.3", config_path="conf", config_name="export")(_run)()
+    hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")(_run)()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 >>> pred.label, pred.probabilities, pred.severity["from_maps"]["grade"]
 
 Every input goes through the preprocessing the model was trained with (stored in the checkpoint):
-letterbox to the training size, then ``(x - mean) / std``. The maps come back through
+letterbox to the training size, then :func:`~cxrnet.data.transforms.normalize`. The maps come back through
 :func:`~cxrnet.data.transforms.unletterbox` at the input's original size.
 
 No numbers from a head that never learned: the checkpoint records which heads saw training targets
@@ -28,20 +28,27 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 
 from cxrnet.checkpoint import CheckpointError, load_network, preprocessing_of
 from cxrnet.data.arrays import to_gray
-from cxrnet.data.io import ImageReadError, read_image
-from cxrnet.data.transforms import Letterbox, Preprocessing, letterbox, letterbox_geometry, unletterbox
+from cxrnet.data.images import ImageReadError, read_image
+from cxrnet.data.transforms import (
+    Letterbox,
+    Preprocessing,
+    letterbox,
+    letterbox_geometry,
+    normalize,
+    resize,
+    unletterbox,
+)
 from cxrnet.devices import autocast, inference_precision, resolve_device
 from cxrnet.models.cxrnet import CXRNet
+from cxrnet.prediction import FileResult, Prediction, SyntheticTrainingWarning
 from cxrnet.provenance import SYNTHETIC_CAVEAT, caveats, synthetic_only, untrained_outputs
 from cxrnet.severity import assess_severity
 
@@ -60,90 +67,6 @@ log = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | np.ndarray | torch.Tensor
 """A path (PNG, JPEG, BMP, TIFF, DICOM), a numpy array or a torch tensor."""
-
-
-class SyntheticTrainingWarning(UserWarning):
-    """A model trained on synthetic phantoms only is predicting on real image files."""
-
-
-@dataclass
-class Prediction:
-    """Everything the model says about one radiograph, at the image's original size (HxW).
-
-    An output whose head saw no training target is withheld (``None``, an empty dict, or a key left out of
-    ``severity``) and named in :attr:`untrained`, unless the predictor was built with ``keep_untrained=True``.
-
-    Attributes:
-        probabilities: class name → probability, in the checkpoint's class order; sums to 1. Empty when the
-            classifier is untrained.
-        label: the most probable class; ``None`` when the classifier is untrained.
-        lung_mask: bool HxW, lung probability > 0.5; ``None`` when the lung head is untrained.
-        infection_map: float32 HxW infection probability in [0, 1]; ``None`` when the infection head is
-            untrained.
-        explanation: float32 HxW explanation map in [0, 1] (the region encoder 2 classified); ``None`` when
-            the classifier, which it is learned from, is untrained.
-        severity: ``{"from_maps": assess_severity(...).to_dict()}``, computed on the lung and infection
-            maps at the model's resolution when the image is larger (areas in original pixels), plus, when
-            the model has a severity head, ``"learned": {target: score in its own units}``. ``from_maps`` is
-            left out when the lung or the infection head is untrained, and so is each learned target
-            without training scores.
-        meta: ``source`` (the path, or ``"<array>"``/``"<tensor>"``), ``height``, ``width`` (pixels),
-            ``model_size`` (side of the square the model saw).
-        untrained: outputs of heads that saw no training target, named as in
-            :data:`cxrnet.provenance.OUTPUTS`: ``"lung_mask"``, ``"infection_map"``, ``"explanation"``,
-            ``"probabilities"``, ``"severity.from_maps"``, ``"severity.learned.<target>"``. Empty for
-            checkpoints that do not record their heads.
-        caveats: notes about the model's training that a report must carry, e.g.
-            :data:`cxrnet.provenance.SYNTHETIC_CAVEAT`.
-    """
-
-    probabilities: dict[str, float]
-    label: str | None
-    lung_mask: np.ndarray | None
-    infection_map: np.ndarray | None
-    explanation: np.ndarray | None
-    severity: dict[str, dict[str, Any]]
-    meta: dict[str, Any] = field(default_factory=dict)
-    untrained: frozenset[str] = frozenset()
-    caveats: list[str] = field(default_factory=list)
-
-    def to_dict(self, include_maps: bool = False) -> dict[str, Any]:
-        """JSON-ready summary: label, probabilities, severity, meta, untrained outputs (sorted) and caveats.
-
-        Args:
-            include_maps: also add ``lung_mask``, ``infection_map`` and ``explanation`` as nested lists
-                (large: HxW numbers each; ``None`` for a withheld map).
-        """
-        out: dict[str, Any] = {
-            "label": self.label,
-            "probabilities": dict(self.probabilities),
-            "severity": {kind: dict(values) for kind, values in self.severity.items()},
-            "meta": dict(self.meta),
-            "untrained": sorted(self.untrained),
-            "caveats": list(self.caveats),
-        }
-        if include_maps:
-            for name in ("lung_mask", "infection_map", "explanation"):
-                values = getattr(self, name)
-                out[name] = None if values is None else values.tolist()
-        return out
-
-
-class FileResult(NamedTuple):
-    """One item of :meth:`Predictor.predict_files`: a prediction, or the reason the file failed.
-
-    Attributes:
-        path: the input file.
-        prediction: the prediction, ``None`` when the file could not be read.
-        error: why the file could not be read (:class:`ImageReadError` reason), ``None`` when it worked.
-        preview: the image (float32 in [0, 1]) shrunk so its longer side is at most ``preview_size``,
-            for overlays; ``None`` on error.
-    """
-
-    path: Path
-    prediction: Prediction | None
-    error: str | None
-    preview: np.ndarray | None
 
 
 class _Item(NamedTuple):
@@ -174,7 +97,7 @@ def _preview(image: np.ndarray, size: int | None) -> np.ndarray:
     def side(n: int) -> int:
         return min(n, max(PREVIEW_MIN_SIDE, round(n * scale)))
 
-    return cv2.resize(image, (side(w), side(h)), interpolation=cv2.INTER_AREA)
+    return resize(image, side(h), side(w))
 
 
 class Predictor:
@@ -438,9 +361,8 @@ class Predictor:
 
     @torch.inference_mode()
     def _forward(self, squares: list[np.ndarray]) -> dict[str, np.ndarray]:
-        p = self.preprocessing
         batch = torch.from_numpy(np.stack(squares)[:, None])
-        batch = ((batch - p.mean) / p.std).to(self.device, non_blocking=True)
+        batch = normalize(batch, self.preprocessing).to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):

@@ -126,13 +126,13 @@ def training_fingerprint(
     Args:
         items: the training split: in-memory :class:`RawItem` (e.g. phantoms) or :class:`Record` read one at
             a time with ``loader``.
-        loader: reads a :class:`Record`; default :func:`cxrnet.data.io.load_record`. Only the image is used.
+        loader: reads a :class:`Record`; default :func:`cxrnet.data.items.load_record`. Only the image is used.
 
     Returns:
         See :func:`fingerprint`. Reading the images dominates the cost (every file is read once).
     """
     if loader is None:
-        from cxrnet.data.io import load_record
+        from cxrnet.data.items import load_record
 
         loader = load_record
     read = loader  # a name the generator below can close over with its narrowed type
@@ -292,7 +292,7 @@ def item_hash(item: RawItem | Record) -> int:
     """:func:`~cxrnet.data.splits.image_hash` of an item's full-size image (a :class:`Record`'s file is read)."""
     if isinstance(item, RawItem):
         return image_hash(item.image)
-    from cxrnet.data.io import read_image
+    from cxrnet.data.images import read_image
 
     return image_hash(read_image(item.path))
 

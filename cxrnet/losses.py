@@ -14,6 +14,8 @@ from torch import nn
 
 from cxrnet.models.cxrnet import CXRNetOutput
 
+# The task weights' default values: the only place they are written (train.yaml names the weights, with null
+# meaning "this default", so that an override such as loss.weights.cls=2 needs no "+").
 DEFAULT_WEIGHTS: dict[str, float] = {
     "lung": 1.0,
     "infection": 1.0,
@@ -89,7 +91,8 @@ class MultiTaskLoss(nn.Module):
     """Weighted sum of the task losses of :class:`~cxrnet.models.CXRNetOutput` against a batch.
 
     Args:
-        weights: task weights by name (see ``DEFAULT_WEIGHTS``); missing names keep their default.
+        weights: task weights by name (see ``DEFAULT_WEIGHTS``); a missing name, or ``None`` (what
+            ``train.yaml`` gives), keeps its default.
         label_smoothing: for the classification cross-entropy.
         focal_gamma: > 0 switches classification to focal loss.
     """
@@ -101,10 +104,11 @@ class MultiTaskLoss(nn.Module):
         focal_gamma: float = 0.0,
     ) -> None:
         super().__init__()
-        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        weights = dict(weights or {})
+        unknown = set(weights) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; valid: {sorted(DEFAULT_WEIGHTS)}")
-        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.weights = {**DEFAULT_WEIGHTS, **{k: v for k, v in weights.items() if v is not None}}
         self.label_smoothing = label_smoothing
         self.focal_gamma = focal_gamma
 

@@ -1,8 +1,10 @@
 """Training-time metrics: one torchmetrics ``MetricCollection`` per task, cloned per stage.
 
 Logged names are ``<stage>/<task>/<metric>`` with per-class values as ``<stage>/cls/<metric>/<class>``, e.g.
-``test/lung/dice``, ``val/cls/macro_f1``, ``test/cls/sensitivity/covid19``. Segmentation scores are pooled
-over all pixels of the items that have the mask (micro Dice / IoU); ``<task>/n`` counts those items.
+``test/lung/dice_pooled``, ``val/cls/macro_f1``, ``test/cls/sensitivity/covid19``. Segmentation scores are
+pooled over all pixels of the items that have the mask (micro Dice / IoU, hence ``dice_pooled`` and
+``iou_pooled``: not the per-image mean that ``python -m cxrnet.evaluate`` reports as ``dice/mean``);
+``<task>/n`` counts those items.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class PooledOverlap(Metric):
         tp, fp, fn = (getattr(self, name).double() for name in ("tp", "fp", "fn"))
         dice = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), torch.zeros_like(tp))
         iou = torch.where(tp > 0, tp / (tp + fp + fn).clamp_min(1), torch.zeros_like(tp))
-        return {"dice": dice.float(), "iou": iou.float()}
+        return {"dice_pooled": dice.float(), "iou_pooled": iou.float()}
 
 
 def _classification_collection(num_classes: int) -> MetricCollection:

@@ -24,7 +24,7 @@ from cxrnet.models.cxrnet import CXRNet, CXRNetOutput
 STAGES = ("train", "val", "test")
 
 
-SELECTION_TASKS = {"cls": "macro_f1", "lung": "dice", "infection": "dice"}
+SELECTION_TASKS = {"cls": "macro_f1", "lung": "dice_pooled", "infection": "dice_pooled"}
 """Task → the metric of it that :func:`selection_score` averages."""
 
 
@@ -32,11 +32,11 @@ def selection_score(values: Mapping[str, float], stage: str) -> float | None:
     """The model-selection score ``<stage>/score`` that the default checkpoint callback maximises.
 
     The mean, over the tasks the split has targets for, of each task's headline metric: macro-F1 of the
-    classes (the metric that does not reward a majority-class classifier on imbalanced collections), Dice of
-    the lung masks, Dice of the infection masks. On small, imbalanced validation splits macro-F1 alone jumps
-    between epochs (14 validation films of Cohen et al. give values from 0 to 0.3 with no trend) and picks
-    an early, half-trained network; averaging in the segmentation tasks selects the network that does
-    everything it was trained for.
+    classes (the metric that does not reward a majority-class classifier on imbalanced collections), pooled
+    Dice of the lung masks, pooled Dice of the infection masks. On small, imbalanced validation splits
+    macro-F1 alone jumps between epochs (14 validation films of Cohen et al. give values from 0 to 0.3 with
+    no trend) and picks an early, half-trained network; averaging in the segmentation tasks selects the
+    network that does everything it was trained for.
 
     Returns:
         The score, or ``None`` when the split has neither labels nor masks.
@@ -138,8 +138,8 @@ class CXRNetModule(pl.LightningModule):
         # torchmetrics has already synchronised the states across ranks.
         headline = {
             f"{stage}/cls/macro_f1",
-            f"{stage}/lung/dice",
-            f"{stage}/infection/dice",
+            f"{stage}/lung/dice_pooled",
+            f"{stage}/infection/dice_pooled",
             f"{stage}/score",
         }
         for key, value in values.items():

@@ -43,7 +43,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cxrnet.data.io import IMAGE_SUFFIXES, find_images, is_dicom
+from cxrnet.command import CONFIG_PATH
+from cxrnet.data.images import IMAGE_SUFFIXES, find_images, is_dicom
 from cxrnet.inference import FileResult, Predictor, load_model
 from cxrnet.output_lock import OutputFolderError, locked_output_folder
 from cxrnet.report.overlay import render_overlay
@@ -78,7 +79,7 @@ def resolve_inputs(specs: str | Sequence[str], recursive: bool = True) -> tuple[
     """The image files named by ``specs``, and the folder their overlay names are relative to.
 
     Args:
-        specs: a file, a folder (searched recursively with :func:`~cxrnet.data.io.find_images`), or a glob
+        specs: a file, a folder (searched recursively with :func:`~cxrnet.data.images.find_images`), or a glob
             pattern (``**`` allowed); or a list of them.
         recursive: search sub-folders of a folder.
 
@@ -498,7 +499,7 @@ def main() -> None:
     """Command-line entry point (Hydra): see ``cxrnet/conf/predict.yaml``."""
     if not OmegaConf.has_resolver("cxrnet_nearest_folder"):
         OmegaConf.register_new_resolver("cxrnet_nearest_folder", nearest_folder)
-    hydra.main(version_base="1.3", config_path="conf", config_name="predict")(_run)()
+    hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")(_run)()
 
 
 if __name__ == "__main__":

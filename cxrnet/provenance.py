@@ -17,9 +17,10 @@ checkpoint therefore records, under ``checkpoint["cxrnet"]["heads"]``, what each
 
 (each head may also carry ``"loss_weight"``; a head whose loss weight was 0 learned nothing either).
 :func:`training_heads` builds it from the train items without reading any pixels of files on disk;
-:func:`head_training` reads one head back; :func:`untrained_outputs` and :func:`caveats` say what consumers
-(``cxrnet.inference``, ``cxrnet.predict``, ``cxrnet.evaluate``) must withhold or qualify. Checkpoints
-written before this record existed have no ``heads``: every head is then assumed trained, as before.
+:func:`head_training` reads one head back (:func:`head_metrics`: every head, as metrics.json keys);
+:func:`untrained_outputs` and :func:`caveats` say what consumers (``cxrnet.inference``, ``cxrnet.predict``,
+``cxrnet.evaluate``) must withhold or qualify. Checkpoints written before this record existed have no
+``heads``: every head is then assumed trained, as before.
 
 Pure Python: no torch, no Lightning.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "SYNTHETIC_CAVEAT",
     "HeadTraining",
     "caveats",
+    "head_metrics",
     "head_training",
     "inherit_heads",
     "synthetic_only",
@@ -112,7 +114,7 @@ def training_heads(
 
     Args:
         items: the train split (``datamodule.datasets["train"].items``): :class:`Record` s (files on disk;
-            presence is read from the record, as :mod:`cxrnet.data.report` counts it, no pixels are read)
+            presence is read from the record, as :mod:`cxrnet.data.findings` counts it, no pixels are read)
             or :class:`RawItem` s (phantoms in memory).
         classes: the model's class names; per-class counts are given for each of them (0 when unseen).
         severity_targets: the model's learned severity targets.
@@ -307,6 +309,25 @@ def head_training(heads: Mapping[str, Any] | None, head: str) -> HeadTraining:
     informative = n - int(entry.get("n_empty", 0))
     trained = informative > 0 and float(entry.get("loss_weight", 1.0)) != 0.0
     return HeadTraining(head, recorded=True, n=n, sources=dict(entry.get("sources", {})), trained=trained)
+
+
+def head_metrics(heads: Mapping[str, Any] | None, severity_targets: Sequence[str]) -> dict[str, Any]:
+    """The ``heads/*`` keys of an evaluation's metrics.json (see :data:`cxrnet.evaluation.summary.METRIC_DOCS`).
+
+    Args:
+        heads: the checkpoint's ``heads`` record, or ``None`` for an older checkpoint.
+        severity_targets: the model's learned severity targets.
+
+    Returns:
+        ``{"heads/recorded": bool, "heads/{head}/trained": bool, "heads/{head}/n_train": int or NaN}`` for every
+        head of :data:`HEADS` and ``severity/<target>``; ``n_train`` is NaN when nothing is recorded.
+    """
+    out: dict[str, Any] = {"heads/recorded": heads is not None}
+    for name in (*HEADS, *(f"severity/{t}" for t in severity_targets)):
+        head = head_training(heads, name)
+        out[f"heads/{name}/trained"] = head.trained
+        out[f"heads/{name}/n_train"] = float("nan") if head.n is None else head.n
+    return out
 
 
 def untrained_outputs(

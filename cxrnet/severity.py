@@ -10,7 +10,8 @@ Conventions:
     * Fractions are unitless, in ``[0, 1]``, and count pixels, not physical area or volume.
 
 Scores:
-    * **Zones** (Brixia-like). Each lung is divided into upper, middle and lower thirds of its own
+    * **Zones** (Brixia-like), from :mod:`cxrnet.lung_regions`, which also splits the mask into the
+      two lungs (:func:`split_lungs`). Each lung is divided into upper, middle and lower thirds of its own
       vertical extent. The Brixia score (Borghesi & Maroldi, 2020) places the zone limits at anatomical
       landmarks (inferior wall of the aortic arch, inferior wall of the right inferior pulmonary vein);
       equal thirds of the lung's height approximate them without landmark detection.
@@ -29,12 +30,12 @@ area so that a caller can tell "clear" from "missing".
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
+
+from cxrnet.lung_regions import as_mask, check_2d, lung_zones, split_lungs
 
 __all__ = [
     "EXTENT_SCORE_THRESHOLDS",
@@ -52,8 +53,6 @@ __all__ = [
     "split_lungs",
     "zone_score",
 ]
-
-BoolMask = npt.NDArray[np.bool_]
 
 # Below 1 % infected, a region is scored as clear: a predicted map always has a few stray pixels and
 # a thresholded annotation has anti-aliasing specks, neither of which a reader would call disease.
@@ -83,37 +82,6 @@ ZONE_NAMES: tuple[str, ...] = (
     "left_lower",
 )
 
-# --- split_lungs heuristics ---------------------------------------------------------------------
-# A component smaller than this share of the total lung area is treated as spurious (a speck of a
-# predicted mask), not as a lung. Even a collapsed lung is well above 5 % of the lung area.
-SPURIOUS_AREA_FRACTION = 0.05
-# A spurious component is attached to the nearest lung if it lies within this fraction of the image's
-# smaller side from it; farther specks (outside the thorax) are dropped, since attaching them would
-# stretch that lung's vertical extent and shift its zones.
-ATTACH_DISTANCE_FRACTION = 0.05
-# Without a gap, two touching lungs show a waist in the column-occupancy profile (the mediastinum),
-# while one lung's profile is unimodal (valley/peak ratio >= 1). A valley below this share of the lower
-# of the two peaks beside it is taken as the waist between two lungs.
-VALLEY_MAX_RATIO = 0.5
-# Without a gap or a waist, a mask with at least this share of its area on each side of the image
-# centre is still two touching lungs; with less, it is one lung and the other is missing.
-MERGED_MIN_SIDE_SHARE = 0.20
-# A component with less than this share of its area across the cut is one lung whose edge pokes past
-# it (separate lungs overlapping in columns) and goes whole to its side; with more, it is split at the
-# cut, which keeps a small (e.g. collapsed) lung merged with a large one.
-STRADDLE_MAX_SHARE = 0.05
-# Touching lungs are cut at the column of minimum lung occupancy within this central band of the mask's
-# column extent, where the mediastinum lies; searching the whole extent could cut a lung's thin apex.
-CUT_SEARCH_BAND = (0.30, 0.70)
-
-
-def _check_2d(array: np.ndarray, name: str) -> None:
-    if array.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D HxW array, got shape {array.shape}; "
-            "squeeze channel/batch axes before calling (e.g. mask[0, 0] for a 1x1xHxW tensor)"
-        )
-
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
@@ -121,165 +89,6 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) ->
             f"{name_a} shape {a.shape} differs from {name_b} shape {b.shape}; "
             "resize one to the other's size before scoring"
         )
-
-
-def _as_mask(array: npt.ArrayLike, name: str, threshold: float = 0.5) -> BoolMask:
-    """Boolean HxW mask from a bool array or a numeric array of scores/probabilities (``> threshold``)."""
-    array = np.asarray(array)
-    _check_2d(array, name)
-    if array.dtype == np.bool_:
-        return array
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{name} must be boolean or numeric, got dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array > threshold
-
-
-def _column_runs(values: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open ``(start, stop)`` index runs where the 1-D bool array ``values`` is True."""
-    padded = np.concatenate(([False], values, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
-
-
-def _cut_column(core: BoolMask) -> int | None:
-    """Column separating two lungs in ``core``, or None if ``core`` looks like a single lung.
-
-    Pixels with column < cut belong to the image-left (right) lung.
-    """
-    width = core.shape[1]
-    occupancy = core.sum(axis=0)
-    occupied = np.flatnonzero(occupancy)
-    x0, x1 = int(occupied[0]), int(occupied[-1]) + 1
-    extent_centre = (x0 + x1 - 1) / 2
-
-    # Separate lungs: the mediastinum leaves empty columns inside the extent. With several gaps (a
-    # fragmented mask), the widest is the mediastinum; ties go to the one nearest the extent's centre.
-    gaps = _column_runs(occupancy[x0:x1] == 0)
-    if gaps:
-        start, stop = min(gaps, key=lambda g: (-(g[1] - g[0]), abs((g[0] + g[1] - 1) / 2 - extent_centre)))
-        return x0 + (start + stop) // 2
-
-    # No gap: either one lung alone or two lungs touching across the midline.
-    lo = x0 + math.floor(CUT_SEARCH_BAND[0] * (x1 - x0))
-    hi = max(lo + 1, x0 + math.ceil(CUT_SEARCH_BAND[1] * (x1 - x0)))
-    band = occupancy[lo:hi]
-    # A flat valley is cut in the middle of its run nearest the band's centre, for determinism.
-    runs = _column_runs(band == band.min())
-    band_centre = (hi - lo - 1) / 2
-    start, stop = min(runs, key=lambda r: abs((r[0] + r[1] - 1) / 2 - band_centre))
-    cut = lo + (start + stop) // 2
-
-    beside = min(occupancy[x0:cut].max(initial=0), occupancy[cut + 1 : x1].max(initial=0))
-    has_waist = occupancy[cut] < VALLEY_MAX_RATIO * beside
-    image_left_share = occupancy[: math.ceil(width / 2)].sum() / occupancy.sum()
-    on_both_sides = min(image_left_share, 1 - image_left_share) >= MERGED_MIN_SIDE_SHARE
-    return cut if has_waist or on_both_sides else None
-
-
-def split_lungs(lung_mask: npt.ArrayLike) -> tuple[BoolMask, BoolMask]:
-    """Split a lung mask into the patient's right and left lung.
-
-    The right lung is on the image left (see module docstring). The split is robust to:
-
-    * two separate lungs (any gap between them, also off-centre): cut in the widest empty column gap;
-    * lungs touching across the midline (one component): cut at the column of minimum lung occupancy
-      in the central band of the mask's extent (:data:`CUT_SEARCH_BAND`), not at the image centre;
-      taken as two lungs if that column is a waist (:data:`VALLEY_MAX_RATIO`) or the mask has a fair
-      share of its area on both sides of the image centre (:data:`MERGED_MIN_SIDE_SHARE`);
-    * one lung missing (no gap, no waist, mask mainly on one side of the image centre): the other
-      lung is empty;
-    * more than two components: grouped by side of the cut; a component straddling the cut with
-      less than :data:`STRADDLE_MAX_SHARE` of its area on one side goes whole to its main side;
-    * spurious components (< :data:`SPURIOUS_AREA_FRACTION` of the lung area): attached to the
-      nearest lung if close to it (:data:`ATTACH_DISTANCE_FRACTION`), otherwise dropped.
-
-    A lung fragmented into pieces side by side with empty columns between them can be mistaken for two
-    lungs; fragments above one another (the usual failure of predicted masks) are handled.
-
-    Args:
-        lung_mask: HxW mask of both lungs; bool, or numeric where values > 0.5 are lung.
-
-    Returns:
-        ``(right_lung, left_lung)``, two bool HxW masks, disjoint; both empty for an empty mask.
-    """
-    mask = _as_mask(lung_mask, "lung_mask")
-    right = np.zeros_like(mask)
-    left = np.zeros_like(mask)
-    if not mask.any():
-        return right, left
-
-    # 8-connectivity: diagonal contact along a jagged predicted border is still one piece.
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    is_major = areas >= SPURIOUS_AREA_FRACTION * areas.sum()
-    if not is_major.any():  # a mask shattered into many specks: keep them all rather than nothing
-        is_major[:] = True
-
-    core = np.isin(labels, np.flatnonzero(is_major) + 1)
-    cut = _cut_column(core)
-    cols = np.arange(mask.shape[1])
-    if cut is None:
-        cx = np.nonzero(core)[1].mean()
-        (right if cx < mask.shape[1] / 2 else left)[core] = True
-    else:
-        for label in np.flatnonzero(is_major) + 1:
-            component = labels == label
-            col_counts = component.sum(axis=0)
-            image_left_share = col_counts[cols < cut].sum() / col_counts.sum()
-            if image_left_share >= 1 - STRADDLE_MAX_SHARE:
-                right |= component
-            elif image_left_share <= STRADDLE_MAX_SHARE:
-                left |= component
-            else:
-                right |= component & (cols < cut)[None, :]
-                left |= component & (cols >= cut)[None, :]
-
-    minor = np.flatnonzero(~is_major) + 1
-    if minor.size:
-        max_distance = max(1.0, ATTACH_DISTANCE_FRACTION * min(mask.shape))
-        # Distance of every pixel to each lung; inf where the lung is absent.
-        dist_right = ndimage.distance_transform_edt(~right) if right.any() else np.full(mask.shape, np.inf)
-        dist_left = ndimage.distance_transform_edt(~left) if left.any() else np.full(mask.shape, np.inf)
-        for label in minor:
-            component = labels == label
-            d_right, d_left = dist_right[component].min(), dist_left[component].min()
-            if min(d_right, d_left) > max_distance:
-                continue
-            (right if d_right <= d_left else left)[component] = True
-    return right, left
-
-
-def lung_zones(lung: npt.ArrayLike) -> tuple[BoolMask, BoolMask, BoolMask]:
-    """Upper, middle and lower zones of one lung: thirds of its vertical extent.
-
-    The lung's extent runs from its top row to its bottom row; rows are split into thirds by height
-    (exactly, for a height divisible by three), each intersected with the lung, as an approximation of
-    the Brixia zones (see module docstring).
-
-    Args:
-        lung: HxW mask of a single lung; bool, or numeric where values > 0.5 are lung.
-
-    Returns:
-        ``(upper, middle, lower)``, bool HxW masks that partition the lung; all empty for an empty lung.
-    """
-    mask = _as_mask(lung, "lung")
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        empty = np.zeros_like(mask)
-        return empty, empty.copy(), empty.copy()
-    top, height = int(rows[0]), int(rows[-1] - rows[0] + 1)
-    # Integer comparisons (3·offset < height) keep the thirds exact, free of float rounding.
-    offset = np.arange(mask.shape[0]) - top
-    upper_rows = 3 * offset < height
-    middle_rows = ~upper_rows & (3 * offset < 2 * height)
-    lower_rows = ~upper_rows & ~middle_rows
-    return (
-        mask & upper_rows[:, None],
-        mask & middle_rows[:, None],
-        mask & lower_rows[:, None],
-    )
 
 
 def infected_fraction(region: npt.ArrayLike, infection: npt.ArrayLike) -> float:
@@ -294,7 +103,7 @@ def infected_fraction(region: npt.ArrayLike, infection: npt.ArrayLike) -> float:
     """
     region = np.asarray(region, dtype=bool)
     infection = np.asarray(infection, dtype=bool)
-    _check_2d(region, "region")
+    check_2d(region, "region")
     _check_same_shape(region, infection, "region", "infection")
     area = int(region.sum())
     if area == 0:
@@ -446,11 +255,11 @@ def assess_severity(
         ValueError: if an input is not 2-D, the shapes differ, or a map holds NaN.
     """
     lung_arr, infection_arr = np.asarray(lung_mask), np.asarray(infection_map)
-    _check_2d(lung_arr, "lung_mask")
-    _check_2d(infection_arr, "infection_map")
+    check_2d(lung_arr, "lung_mask")
+    check_2d(infection_arr, "infection_map")
     _check_same_shape(lung_arr, infection_arr, "lung_mask", "infection_map")
-    lungs = _as_mask(lung_arr, "lung_mask")
-    infection = _as_mask(infection_arr, "infection_map", threshold) & lungs
+    lungs = as_mask(lung_arr, "lung_mask")
+    infection = as_mask(infection_arr, "infection_map", threshold) & lungs
 
     right, left = split_lungs(lungs)
     zones = (*lung_zones(right), *lung_zones(left))

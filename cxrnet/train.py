@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cxrnet.checkpoint import check_checkpoint_file
+from cxrnet.command import CONFIG_PATH
 from cxrnet.datamodule import one_class_warning
 from cxrnet.devices import resolve_precision
 from cxrnet.module import CXRNetModule
@@ -77,10 +78,14 @@ def build_module(cfg: DictConfig, datamodule: Any) -> CXRNetModule:
 
     Checkpoints store the resolved config and, with ``record_training_data``, the training split's patient
     ids and image hashes, which ``cxrnet.evaluate`` uses to refuse a test set that leaks from training, and
-    always what each head was trained on (:func:`cxrnet.provenance.training_heads`).
+    always what each head was trained on (:func:`cxrnet.provenance.training_heads`). The stored config gives
+    the loss weights the loss uses (``null`` in ``train.yaml`` means the default of ``cxrnet.losses``).
     """
     net = instantiate(cfg.model, _convert_="all")
-    metadata: dict[str, Any] = {"config": OmegaConf.to_yaml(cfg, resolve=True)}
+    loss = instantiate(cfg.loss, _convert_="all")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["loss"]["weights"] = dict(loss.weights)
+    metadata: dict[str, Any] = {"config": OmegaConf.to_yaml(config)}
     initialised = init_from_checkpoint(net, str(cfg.init_from)) if cfg.get("init_from") else None
     if initialised is not None:
         metadata["init_from"] = initialised.to_dict()
@@ -91,7 +96,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> CXRNetModule:
         datamodule.setup("fit")
     # Which heads saw targets, and from which sources: consumers withhold what a head never learned.
     metadata["heads"] = training_heads(
-        datamodule.datasets["train"].items, net.classes, net.severity_targets, cfg.loss.get("weights")
+        datamodule.datasets["train"].items, net.classes, net.severity_targets, loss.weights
     )
     if initialised is not None:  # weights learned before (e.g. phantom pretraining) were trained too
         source = initialised.source_meta
@@ -104,7 +109,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> CXRNetModule:
         )
     return CXRNetModule(
         net,
-        loss=instantiate(cfg.loss, _convert_="all"),
+        loss=loss,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         preprocessing=datamodule.preprocessing,
@@ -199,7 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg: a composed ``train.yaml`` config.
 
     Returns:
-        The final test metrics (flat keys such as ``test/lung/dice``), plus ``run/precision``,
+        The final test metrics (flat keys such as ``test/lung/dice_pooled``), plus ``run/precision``,
         ``run/train_seconds`` (wall time of the fit loop) and ``run/train_steps`` (optimiser steps the
         model has taken, resumed ones included); empty when ``cfg.test`` is false.
 
@@ -277,7 +282,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cxrnet.checkpoint import CheckpointError, checkpoint_metadata
-from cxrnet.data.io import ImageReadError, read_image, read_mask
+from cxrnet.data.images import ImageReadError, read_image
+from cxrnet.data.masks import read_mask
 from cxrnet.data.transforms import Preprocessing
 from cxrnet.inference import load_model
 from cxrnet.models import create_model

@@ -46,7 +46,7 @@ def test_importing_models_or_data_loads_neither_lightning_nor_the_other() -> Non
     assert not {m for m in models if m.split(".")[0] in lightning}
     assert not {m for m in models if m.startswith("cxrnet.data")}
     data = _loaded_after(
-        "import cxrnet.data.dataset, cxrnet.data.phantoms, cxrnet.data.synthetic, cxrnet.data.io"
+        "import cxrnet.data.dataset, cxrnet.data.phantoms, cxrnet.data.synthetic, cxrnet.data.items"
     )
     assert not {m for m in data if m.split(".")[0] in lightning}
     assert not {m for m in data if m.startswith("cxrnet.models")}

@@ -19,9 +19,10 @@ from cxrnet.checkpoint import (
     read_checkpoint,
     stored_config,
 )
-from cxrnet.checkpoint_validation import MAX_CONFIG_BYTES, MAX_METADATA_VALUES
+from cxrnet.checkpoint_streams import MAX_CONFIG_BYTES
+from cxrnet.checkpoint_validation import MAX_METADATA_VALUES
+from cxrnet.command import _stored_data_seed
 from cxrnet.data.transforms import Preprocessing
-from cxrnet.evaluate import _stored_data_seed
 from cxrnet.export import export_model
 from cxrnet.inference import Predictor, load_model
 from cxrnet.models import create_model

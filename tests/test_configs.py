@@ -56,7 +56,7 @@ def test_gpu_trainer_trains(tiny_train_cfg) -> None:  # type: ignore[no-untyped-
     from cxrnet.train import train
 
     metrics = train(tiny_train_cfg("trainer=gpu", "trainer.precision=16-mixed"))
-    assert "test/lung/dice" in metrics
+    assert "test/lung/dice_pooled" in metrics
 
 
 def test_model_and_data_configs_build(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
-from cxrnet.data import io as cxr_io
+from cxrnet.data import images
 from cxrnet.data.dataset import collate
-from cxrnet.data.io import ImageReadError
+from cxrnet.data.images import ImageReadError
 from cxrnet.datamodule import ClassBalancedSampler, CXRDataModule, class_balanced_weights
 
 _spec = importlib.util.spec_from_file_location(
@@ -231,7 +231,7 @@ def test_cached_datamodule_reads_no_source_file_on_the_second_run(
     first.setup("fit")
     expected = next(iter(first.test_dataloader()))
     calls = []
-    monkeypatch.setattr(cxr_io, "decode_image", lambda path, **kwargs: calls.append(path))
+    monkeypatch.setattr(images, "decode_image", lambda path, **kwargs: calls.append(path))
     second = CXRDataModule(
         name="covid_qu_ex",
         root=str(root),
@@ -354,7 +354,7 @@ def test_every_native_format_splits_by_patient_with_aligned_masks(name: str, tmp
     from hydra.utils import instantiate
 
     from cxrnet.data.dataset import CXRDataset
-    from cxrnet.data.io import load_record
+    from cxrnet.data.items import load_record
     from cxrnet.data.sources import read_source
     from cxrnet.data.transforms import build_augmentation
 

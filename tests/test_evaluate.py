@@ -16,11 +16,12 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
 from cxrnet.checkpoint import save_checkpoint
+from cxrnet.command import data_config
 from cxrnet.data.records import Record
 from cxrnet.data.splits import image_hash
 from cxrnet.data.synthetic import synthetic_splits
 from cxrnet.data.transforms import Preprocessing
-from cxrnet.evaluate import data_config, evaluate, to_json, training_caveats
+from cxrnet.evaluate import evaluate, to_json, training_caveats
 from cxrnet.evaluation.summary import describe_metric
 from cxrnet.leakage import LeakageError, fingerprint, training_fingerprint
 from cxrnet.models import create_model

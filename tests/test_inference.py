@@ -15,7 +15,7 @@ import torch
 import cxrnet
 from cxrnet import Prediction, Predictor, load_model
 from cxrnet.checkpoint import CheckpointError
-from cxrnet.data.io import ImageReadError
+from cxrnet.data.images import ImageReadError
 from cxrnet.inference import SyntheticTrainingWarning
 from cxrnet.provenance import SYNTHETIC_CAVEAT
 from cxrnet.severity import assess_severity

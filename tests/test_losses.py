@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from cxrnet.losses import MultiTaskLoss, classification_loss, dice_bce_loss, severity_loss
+from cxrnet.losses import DEFAULT_WEIGHTS, MultiTaskLoss, classification_loss, dice_bce_loss, severity_loss
 from cxrnet.models import CXRNetOutput
+from cxrnet.train import build_module
+
+from conftest import compose_train
 
 
 def _batch(b: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
@@ -91,3 +98,22 @@ def test_deletion_term_rewards_removing_the_evidence() -> None:
     loss = MultiTaskLoss({"deletion": 1.0})
     assert float(loss(out, batch, deletion_logits=confident)["deletion"]) > 0.99
     assert abs(float(loss(out, batch, deletion_logits=uncertain)["deletion"]) - 0.25) < 1e-6
+
+
+def test_the_training_config_names_the_weights_and_the_loss_holds_their_values(tmp_path: Path) -> None:
+    cfg = compose_train([], tmp_path)
+    # every weight is named in train.yaml (so loss.weights.<name>=... overrides it), none given a value there
+    assert OmegaConf.to_container(cfg.loss.weights) == dict.fromkeys(DEFAULT_WEIGHTS)
+    assert instantiate(cfg.loss, _convert_="all").weights == DEFAULT_WEIGHTS
+    cfg = compose_train(["loss.weights.cls=2"], tmp_path)
+    assert instantiate(cfg.loss, _convert_="all").weights == {**DEFAULT_WEIGHTS, "cls": 2.0}
+    cfg = compose_train(["+experiment=qata_infection"], tmp_path)
+    changed = {"lung": 0.0, "infection": 2.0, "cls": 1.0, "severity": 0.0}
+    assert instantiate(cfg.loss, _convert_="all").weights == {**DEFAULT_WEIGHTS, **changed}
+
+
+def test_checkpoints_record_the_weights_the_loss_used(tiny_train_cfg: Callable[..., DictConfig]) -> None:
+    cfg = tiny_train_cfg("loss.weights.severity=0.25", "record_training_data=false", n_train=8)
+    module = build_module(cfg, instantiate(cfg.data, _convert_="all"))
+    stored = OmegaConf.create(module.extra_metadata["config"]).loss.weights
+    assert OmegaConf.to_container(stored) == module.loss.weights == {**DEFAULT_WEIGHTS, "severity": 0.25}

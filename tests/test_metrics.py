@@ -21,17 +21,17 @@ def test_pooled_overlap_equals_torchmetrics_on_probabilities(shift: float) -> No
         f1.update(torch.sigmoid(logits).flatten(), target.flatten().long())
         jaccard.update(torch.sigmoid(logits).flatten(), target.flatten().long())
     scores = ours.compute()
-    assert float(scores["dice"]) == pytest.approx(float(f1.compute()), abs=1e-6)
-    assert float(scores["iou"]) == pytest.approx(float(jaccard.compute()), abs=1e-6)
+    assert float(scores["dice_pooled"]) == pytest.approx(float(f1.compute()), abs=1e-6)
+    assert float(scores["iou_pooled"]) == pytest.approx(float(jaccard.compute()), abs=1e-6)
 
 
 def test_an_empty_union_scores_zero_and_reset_starts_afresh() -> None:
     metric = PooledOverlap()
     metric.update(torch.full((1, 1, 4, 4), -5.0), torch.zeros(1, 1, 4, 4))
-    assert float(metric.compute()["dice"]) == 0.0 and float(metric.compute()["iou"]) == 0.0
+    assert float(metric.compute()["dice_pooled"]) == 0.0 and float(metric.compute()["iou_pooled"]) == 0.0
     metric.reset()
     metric.update(torch.full((1, 1, 4, 4), 5.0), torch.ones(1, 1, 4, 4))
-    assert float(metric.compute()["dice"]) == 1.0
+    assert float(metric.compute()["dice_pooled"]) == 1.0
 
 
 def test_task_metrics_pool_only_items_that_have_the_mask() -> None:
@@ -55,6 +55,12 @@ def test_task_metrics_pool_only_items_that_have_the_mask() -> None:
     }
     metrics.update(out, batch)
     result = metrics.compute("val")
-    assert result["val/lung/dice"] == pytest.approx(1.0) and result["val/lung/n"] == 1.0
-    assert result["val/infection/dice"] == pytest.approx(1.0) and result["val/infection/n"] == 2.0
+    assert result["val/lung/dice_pooled"] == pytest.approx(1.0) and result["val/lung/n"] == 1.0
+    assert result["val/infection/dice_pooled"] == pytest.approx(1.0) and result["val/infection/n"] == 2.0
+    # pooled scores say so: evaluate's per-image means are ``dice/mean``, a bare ``dice`` would mean either
+    assert {k for k in result if k.startswith("val/lung/")} == {
+        "val/lung/n",
+        "val/lung/dice_pooled",
+        "val/lung/iou_pooled",
+    }
     assert result["val/cls/accuracy"] == pytest.approx(1.0)

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 import cxrnet.devices
 import cxrnet.models.cxrnet
 from cxrnet import load_model
+from cxrnet.collect import collect_logits
 from cxrnet.devices import autocast, has_depthwise_convolutions, inference_precision, resolve_precision
-from cxrnet.evaluation.collect import collect_logits
 from cxrnet.models import create_model
 from cxrnet.predict import predict
 from cxrnet.train import build_module

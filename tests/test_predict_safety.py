@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 import cxrnet.output_lock
-from cxrnet.data.io import ImageReadError
+from cxrnet.data.images import ImageReadError
 from cxrnet.inference import load_model
 from cxrnet.output_lock import LOCK_NAME, OutputFolderBusyError, OutputFolderError, locked_output_folder
 from cxrnet.predict import predict, resolve_inputs

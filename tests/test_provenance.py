@@ -138,7 +138,10 @@ def test_build_module_records_the_heads_of_the_train_split(tiny_train_cfg: Calla
     module = build_module(cfg, datamodule)
     heads = module.extra_metadata["heads"]
     assert heads == training_heads(
-        datamodule.datasets["train"].items, module.net.classes, module.net.severity_targets, cfg.loss.weights
+        datamodule.datasets["train"].items,
+        module.net.classes,
+        module.net.severity_targets,
+        module.loss.weights,
     )
     assert heads["n_items"] == 8 and heads["lung"]["n"] == 6 and heads["cls"]["n"] == 8
     assert heads["sources"] == {"synthetic": 8} and heads["infection"]["loss_weight"] == 1.0

@@ -35,17 +35,22 @@ def make_patients(root: Path, patients: int = 12) -> Path:
 
 
 def test_selection_score_averages_macro_f1_and_the_dice_of_each_task_present() -> None:
-    both = {"val/cls/macro_f1": 0.5, "val/lung/dice": 0.8, "val/infection/dice": 0.2, "val/loss": 9.0}
+    both = {
+        "val/cls/macro_f1": 0.5,
+        "val/lung/dice_pooled": 0.8,
+        "val/infection/dice_pooled": 0.2,
+        "val/loss": 9.0,
+    }
     assert selection_score(both, "val") == pytest.approx(0.5)
     # a majority-class classifier with a better segmenter does not beat a classifier that separates classes
-    majority = {"val/cls/macro_f1": 0.23, "val/lung/dice": 0.95}
-    separating = {"val/cls/macro_f1": 0.6, "val/lung/dice": 0.7}
+    majority = {"val/cls/macro_f1": 0.23, "val/lung/dice_pooled": 0.95}
+    separating = {"val/cls/macro_f1": 0.6, "val/lung/dice_pooled": 0.7}
     assert selection_score(separating, "val") > selection_score(majority, "val")
     # a half-trained network with a lucky macro-F1 on a tiny split does not beat a trained one
-    early = {"val/cls/macro_f1": 0.275, "val/lung/dice": 0.466}
-    trained = {"val/cls/macro_f1": 0.125, "val/lung/dice": 0.841}
+    early = {"val/cls/macro_f1": 0.275, "val/lung/dice_pooled": 0.466}
+    trained = {"val/cls/macro_f1": 0.125, "val/lung/dice_pooled": 0.841}
     assert selection_score(trained, "val") > selection_score(early, "val")
-    assert selection_score({"val/lung/dice": 0.7}, "val") == pytest.approx(0.7)  # masks only
+    assert selection_score({"val/lung/dice_pooled": 0.7}, "val") == pytest.approx(0.7)  # masks only
     assert selection_score({"val/loss": 1.0}, "val") is None
 
 

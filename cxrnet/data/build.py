@@ -1,6 +1,6 @@
 """From dataset folders to train/val/test records, without Lightning: shared by the datamodule and the check.
 
-:func:`build_splits` runs four steps and reports each in a :class:`~cxrnet.data.report.DataReport`:
+:func:`build_splits` runs four steps and reports each in a :class:`~cxrnet.data.findings.DataReport`:
 
 1. **read**: each source's reader (:func:`cxrnet.data.sources.read_source`) lists its records; a source may
    keep only some of what it has (``use_labels``, ``use_masks``, ``use_severity``); a label that is not one of
@@ -26,10 +26,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cxrnet.data.cache import DataCache, ItemInfo, ItemReadError, read_item
-from cxrnet.data.io import ImageReadError
+from cxrnet.data.cache import DataCache
+from cxrnet.data.findings import KIND_DUPLICATE, KIND_NOT_IN_CLASSES, DataReport, Issue, issue_from_excluded
+from cxrnet.data.images import ImageReadError
+from cxrnet.data.items import ItemInfo, ItemReadError, read_item
 from cxrnet.data.records import Record
-from cxrnet.data.report import KIND_DUPLICATE, KIND_NOT_IN_CLASSES, DataReport, Issue, issue_from_excluded
 from cxrnet.data.sources import get_source
 from cxrnet.data.sources._common import check_choice
 from cxrnet.data.splits import DEFAULT_FRACTIONS, DUPLICATE_MAX_DISTANCE, find_near_duplicates, patient_split

@@ -1,9 +1,9 @@
 """One-time cache of decoded, letterboxed items, so that later epochs and runs decode no full-size file.
 
-Items are read at reduced scale for the training size (:func:`cxrnet.data.io.decode_image` with
-``target_size``: JPEGs decoded at 1/2, 1/4 or 1/8 scale, other formats area-averaged right after decoding),
-exactly as the uncached dataset reads them, then letterboxed. Each item is stored once per training size as an
-uncompressed ``.npz`` file::
+Items are read by :func:`cxrnet.data.items.read_item` at reduced scale for the training size (``target_size``:
+JPEGs decoded at 1/2, 1/4 or 1/8 scale, other formats area-averaged right after decoding), exactly as the
+uncached dataset reads them (:func:`cxrnet.data.items.load_record`), then letterboxed. Each item is stored
+once per training size as an uncompressed ``.npz`` file::
 
     <cache_dir>/cxrnet-cache-v<VERSION>/<size>px/<key[:2]>/<key>.npz
         image           float32 size×size in [0, 1], letterboxed (cxrnet.data.transforms.letterbox)
@@ -14,11 +14,12 @@ uncompressed ``.npz`` file::
         issues          JSON list of non-fatal issues found while reading (e.g. a non-binary mask)
 
 ``key`` is a SHA-256 of the cache version, the reduced-read margin
-(:data:`cxrnet.data.io.REDUCED_READ_MARGIN`), the training size and, for the image and every mask file, its path, size and modification time: a changed
-file, another reading rule or another ``image_size`` is a miss, and the entry is rebuilt. Entries are written
-to a temporary file and moved into place with :func:`os.replace`, so several DataLoader workers and DDP ranks
-may fill the same cache at once; a reader sees a whole entry or none. :meth:`DataCache.fill` fills it in
-several processes (the scan of :func:`cxrnet.data.build.build_splits` does, with ``data.num_workers``).
+(:data:`cxrnet.data.reduction.REDUCED_READ_MARGIN`), the training size and, for the image and every mask file,
+its path, size and modification time: a changed file, another reading rule or another ``image_size`` is a
+miss, and the entry is rebuilt. Entries are written to a temporary file and moved into place with
+:func:`os.replace`, so several DataLoader workers and DDP ranks may fill the same cache at once; a reader sees
+a whole entry or none. :meth:`DataCache.fill` fills it in several processes (the scan of
+:func:`cxrnet.data.build.build_splits` does, with ``data.num_workers``).
 
 Because the stored arrays are already letterboxed to the training size, the dataset's own letterbox is the
 identity on them (a square ``size``×``size`` array is resized to itself), and cached and uncached items give
@@ -28,126 +29,28 @@ identical tensors. Disk use is about ``4.3 * size**2`` bytes per item (280 kB at
 from __future__ import annotations
 
 import hashlib
-import io as _bytes_io
+import io
 import json
 import os
 import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from cxrnet.data import io
+from cxrnet.data import reduction
+from cxrnet.data.findings import Issue
+from cxrnet.data.items import ItemInfo, ItemReadError, raw_item, read_item
 from cxrnet.data.records import RawItem, Record
-from cxrnet.data.report import KIND_MASK_SIZE, KIND_NON_BINARY, KIND_TRUNCATED, KIND_UNREADABLE, Issue
-from cxrnet.data.splits import image_hash
 from cxrnet.data.transforms import letterbox
 
-__all__ = ["CACHE_VERSION", "DataCache", "ItemInfo", "ItemReadError", "ReadItem", "read_item", "record_meta"]
+__all__ = ["CACHE_VERSION", "DataCache"]
 
 CACHE_VERSION = 3  # 2: image hashes from an area-averaged resize; 3: items read at reduced scale
 """Bump when the stored content changes (reading conventions, letterbox, hash): old entries become misses."""
-
-
-class ItemReadError(io.ImageReadError):
-    """An item cannot be used: its image or a mask cannot be read, or a mask's size differs from the image.
-
-    Attributes:
-        kind: ``"unreadable file"`` or ``"mask size mismatch"``.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, kind: str = KIND_UNREADABLE) -> None:
-        super().__init__(path, reason)
-        self.kind = kind
-
-    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # sent back from the processes of a fill
-        return type(self), (self.path, self.reason, self.kind)
-
-
-@dataclass(frozen=True)
-class ItemInfo:
-    """What a read pass learns about an item, besides its pixels.
-
-    Attributes:
-        hash: :func:`~cxrnet.data.splits.image_hash` of the image as read (reduced for the cache's size:
-            within a few bits of the full-size image's hash, far below the near-duplicate distance).
-        shape: full-size (H, W).
-        issues: non-fatal issues (a non-binary mask is thresholded at half range and used).
-    """
-
-    hash: int
-    shape: tuple[int, int]
-    issues: tuple[Issue, ...] = ()
-
-
-@dataclass
-class ReadItem:
-    """An item's pixels (bool masks or ``None``) with its :class:`ItemInfo`."""
-
-    image: np.ndarray
-    lung_mask: np.ndarray | None
-    infection_mask: np.ndarray | None
-    info: ItemInfo
-
-
-def _read_mask(path: str, shape: tuple[int, int], factor: int) -> tuple[np.ndarray, list[Issue]]:
-    try:  # the usual case, one read: readable, right size, binary
-        return io.read_mask(path, shape=shape, strict=True, factor=factor), []
-    except io.ImageReadError:
-        pass
-    # thresholded at half range and used (JPEG-saved masks with a grey edge are common): a warning
-    issues = [Issue(KIND_NON_BINARY, path, problem, problem=False) for problem in io.mask_problems(path)]
-    try:
-        return io.read_mask(path, shape=shape, factor=factor), issues
-    except io.ImageReadError as exc:
-        try:
-            io.read_mask(path)
-        except io.ImageReadError:
-            raise ItemReadError(exc.path, exc.reason, KIND_UNREADABLE) from None
-        raise ItemReadError(exc.path, exc.reason, KIND_MASK_SIZE) from None
-
-
-def read_item(record: Record, *, target_size: int | None = None) -> ReadItem:
-    """Read a record's image and masks, noting every issue on the way.
-
-    Reads like :func:`cxrnet.data.io.load_record` (same pixels, full size or reduced for ``target_size``) but
-    also computes the image hash and lists non-binary masks and files read despite a truncation instead of
-    passing over them silently.
-
-    Raises:
-        ItemReadError: the image or a mask cannot be read, or a mask's size differs from the image's; the
-            message names the file and the reason.
-    """
-    try:
-        decoded = io.decode_image(record.path, target_size=target_size)
-    except io.ImageReadError as exc:
-        raise ItemReadError(exc.path, exc.reason, KIND_UNREADABLE) from None
-    image, shape, factor = decoded.image, decoded.shape, decoded.factor
-    issues = [Issue(KIND_TRUNCATED, record.path, note, problem=False) for note in decoded.notes]
-    lung = None
-    for mask_path in record.lung_mask:
-        part, found = _read_mask(mask_path, shape, factor)
-        lung, issues = (part if lung is None else lung | part), issues + found
-    infection = None
-    if record.infection_mask is not None:
-        infection, found = _read_mask(record.infection_mask, shape, factor)
-        issues += found
-    return ReadItem(image, lung, infection, ItemInfo(image_hash(image), shape, tuple(issues)))
-
-
-def record_meta(record: Record) -> dict[str, object]:
-    """The ``meta`` of the :class:`RawItem` of a record (as :func:`cxrnet.data.io.load_record` builds it)."""
-    return {
-        **record.meta,
-        "path": record.path,
-        "patient_id": record.patient_id,
-        "source": record.source,
-        "raw_label": record.raw_label,
-        "split": record.split,
-    }
 
 
 def _stat(path: str) -> list[object]:
@@ -179,7 +82,7 @@ class DataCache:
     def key(self, record: Record) -> str:
         """Hex SHA-256 of the version, reading rule, size, and path/size/mtime of the image and mask files."""
         files = [record.path, *record.lung_mask, *([record.infection_mask] if record.infection_mask else [])]
-        reading = [CACHE_VERSION, io.REDUCED_READ_MARGIN, self.image_size]
+        reading = [CACHE_VERSION, reduction.REDUCED_READ_MARGIN, self.image_size]
         payload = [*reading, len(record.lung_mask), [_stat(f) for f in files]]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
@@ -237,18 +140,7 @@ class DataCache:
         Raises:
             ItemReadError: a miss, and the record's files cannot be read.
         """
-        arrays = self._load_arrays(record)
-        image, lung, infection = arrays
-        if infection is None and record.meta.get("infection_mask_empty", False):
-            infection = np.zeros_like(image, dtype=bool)
-        return RawItem(
-            image=image,
-            lung_mask=lung,
-            infection_mask=infection,
-            label=record.label,
-            severity=dict(record.severity),
-            meta=record_meta(record),
-        )
+        return raw_item(record, *self._load_arrays(record))
 
     def _load_arrays(self, record: Record) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         path = self.path(record)
@@ -299,7 +191,7 @@ def _entry_info(entry: np.lib.npyio.NpzFile) -> ItemInfo:
 
 
 def _write_atomic(path: Path, fields: dict[str, np.ndarray]) -> None:
-    buffer = _bytes_io.BytesIO()
+    buffer = io.BytesIO()
     np.savez(buffer, **fields)  # uncompressed: reading back is a memory copy, not a decode
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")

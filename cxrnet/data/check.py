@@ -1,6 +1,7 @@
 """Check a dataset before training: ``python -m cxrnet.data.check data=<name> data.root=<dir> [report=<file.json>]``.
 
-Reads the dataset exactly as training would (same ``data`` config group, same readers, same split), reads every
+Reads the dataset exactly as training would (same ``data`` config group read by the same
+:func:`~cxrnet.data.split_config.split_arguments`, same readers, same split), reads every
 image and mask once, and prints per split and class the number of images, patients, lung masks, infection
 masks and severity scores, then every issue with its file:
 
@@ -8,14 +9,14 @@ masks and severity scores, then every issue with its file:
   differs from the image, unknown labels, labels that are not one of ``data.classes``;
 * warnings: near-duplicate images whose patients were merged into one split unit, items a reader leaves out
   by design (lateral views, labels mapped to ``null``, ...), non-binary masks (thresholded at half range and
-  used), files that end early but decode whole (read; see :data:`cxrnet.data.io.MAX_MISSING_ROWS`).
+  used), files that end early but decode whole (read; see :data:`cxrnet.data.raster.MAX_MISSING_ROWS`).
 
 Unlike training, the check never stops at the first problem: unknown labels and missing files are excluded,
 unreadable items skipped, and all are listed. With ``data.cache_dir`` set it fills the training cache on the way.
 
 Exit code: 0 when there is no problem, 1 when there is at least one (also with ``strict=true`` and a warning,
 or when the dataset cannot be read at all), 2 for a bad command line. ``report=<file.json>`` writes the full
-report (:meth:`cxrnet.data.report.DataReport.to_dict`). Nothing is written anywhere else.
+report (:meth:`cxrnet.data.findings.DataReport.to_dict`). Nothing is written anywhere else.
 
 Other options: ``strict=true`` (warnings fail too), ``max_listed=N`` (issues shown per kind; the JSON has all).
 """
@@ -36,10 +37,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cxrnet.data.build import build_splits, source_specs
+from cxrnet.conf import CONFIG_PATH
+from cxrnet.data.build import build_splits
 from cxrnet.data.cache import DataCache
-from cxrnet.data.report import COUNT_FIELDS, DETAILED_KINDS, DataReport, Issue
-from cxrnet.data.splits import DUPLICATE_MAX_DISTANCE, check_folds, check_fractions
+from cxrnet.data.findings import COUNT_FIELDS, DETAILED_KINDS, DataReport, Issue
+from cxrnet.data.split_config import split_arguments
 
 __all__ = ["check", "main", "render"]
 
@@ -67,36 +69,18 @@ def check(cfg: DictConfig, console: Console | None = None) -> DataReport:
             "data=synthetic is generated in memory; choose a dataset on disk: data=<name> data.root=<dir>"
         )
     container: dict[str, Any] = OmegaConf.to_container(data, resolve=True, throw_on_missing=True)  # type: ignore[assignment]
-    specs = source_specs(
-        container["name"],
-        container.get("root"),
-        container.get("options"),
-        container.get("label_map"),
-        container.get("sources"),
-    )
-    check_fractions(container.get("split_fractions"))
-    check_folds(container.get("folds"), int(container.get("fold", 0) or 0))
     cache_dir = container.get("cache_dir")
-    kwargs = {
-        "fractions": container.get("split_fractions"),
-        "folds": container.get("folds"),
-        "fold": int(container.get("fold", 0) or 0),
-        "seed": int(container.get("seed", 0)),
-        "on_unknown_label": container.get("on_unknown_label", "error"),
-        "cache": DataCache(cache_dir, int(container["image_size"])) if cache_dir else None,
-        "duplicate_max_distance": container.get("duplicate_max_distance", DUPLICATE_MAX_DISTANCE),
-        "workers": int(container.get("num_workers", 0)),
-        "collect": True,
-    }
+    cache = DataCache(cache_dir, int(container["image_size"])) if cache_dir else None
+    kwargs = {**split_arguments(container, cache), "collect": True}
     if console is None:
-        return build_splits(specs, container["classes"], **kwargs).report
+        return build_splits(**kwargs).report
     with console.status("reading every image and mask once ...") as status:
 
         def progress(done: int, total: int) -> None:
             if done % 50 == 0 or done == total:
                 status.update(f"reading every image and mask once: {done}/{total}")
 
-        return build_splits(specs, container["classes"], progress=progress, **kwargs).report
+        return build_splits(progress=progress, **kwargs).report
 
 
 def render(report: DataReport, console: Console, max_listed: int = 50) -> None:
@@ -142,9 +126,9 @@ def render(report: DataReport, console: Console, max_listed: int = 50) -> None:
 
 
 def _compose(overrides: Sequence[str]) -> DictConfig:
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize
 
-    with initialize_config_module(config_module="cxrnet.conf", version_base="1.3"):
+    with initialize(config_path=CONFIG_PATH, version_base="1.3"):
         return compose(config_name="check", overrides=list(overrides))
 
 

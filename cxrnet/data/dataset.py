@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrnet.data.records import RawItem, Record
-from cxrnet.data.transforms import Preprocessing, augment, letterbox, seed_augmentation
+from cxrnet.data.transforms import Preprocessing, augment, letterbox, normalize, seed_augmentation
 
 Item = RawItem | Record
 Loader = Callable[[Record], RawItem]
@@ -36,7 +36,7 @@ class CXRDataset(Dataset):
         preprocessing: size and normalisation.
         severity_targets: names of the severity scores to put in ``severity``, in order.
         transform: albumentations pipeline applied after letterboxing (training only), or ``None``.
-        loader: reads a :class:`Record` into a :class:`RawItem` (default: :func:`cxrnet.data.io.load_record`
+        loader: reads a :class:`Record` into a :class:`RawItem` (default: :func:`cxrnet.data.items.load_record`
             with ``target_size`` the training size: JPEGs decoded at reduced scale, other formats reduced
             right after decoding, as the cache reads them).
 
@@ -111,7 +111,7 @@ class CXRDataset(Dataset):
         if isinstance(item, RawItem):
             return item
         if self._loader is None:
-            from cxrnet.data.io import load_record
+            from cxrnet.data.items import load_record
 
             self._loader = partial(load_record, target_size=self.preprocessing.image_size)
         return self._loader(item)
@@ -129,7 +129,7 @@ class CXRDataset(Dataset):
             seed, epoch = self._augmentation_state.tolist()
             seed_augmentation(self.transform, seed, epoch, index)
         image, (lung, infection) = augment(self.transform, image, [lung, infection])
-        image = (image - self.preprocessing.mean) / self.preprocessing.std
+        image = normalize(image, self.preprocessing)
         severity = [float(raw.severity.get(name, float("nan"))) for name in self.severity_targets]
         meta = {key: value for key, value in raw.meta.items() if not isinstance(value, np.ndarray)}
         return {

@@ -4,12 +4,12 @@ A phantom is a :class:`~cxrnet.data.records.RawItem`: a frontal (PA) chest radio
 random anatomy, with its lung mask, infection mask, class label and severity targets. Phantoms feed
 the tests, the quickstart training run and the demos; they need no download.
 
-How a phantom is made (all in normalised coordinates, see :mod:`cxrnet.data._phantom_draw`):
+How a phantom is made (all in the normalised coordinates of :mod:`cxrnet.data._phantom_draw`):
 
-* **Anatomy** as an X-ray *density* map: soft-tissue torso with shoulders, spine and mediastinum,
-  heart, aortic knob, two air-filled lungs (blobby superellipses cut by a straight mediastinal border
-  and a diaphragm dome, which leaves sharp costophrenic angles), vessels radiating from the hila,
-  posterior and anterior ribs, clavicles, humeral heads.
+* **Anatomy** (:mod:`cxrnet.data._phantom_anatomy`) as an X-ray *density* map: soft-tissue torso with
+  shoulders, spine and mediastinum, heart, aortic knob, two air-filled lungs (blobby superellipses cut by a
+  straight mediastinal border and a diaphragm dome, which leaves sharp costophrenic angles), vessels
+  radiating from the hila, posterior and anterior ribs, clavicles, humeral heads.
 * **Disease** as extra density inside the lungs, by class:
 
   ============  ========================================================================================
@@ -22,9 +22,9 @@ How a phantom is made (all in normalised coordinates, see :mod:`cxrnet.data._pha
 
   The infection mask is where the opacity's envelope reaches :data:`MASK_THRESHOLD` of its peak,
   intersected with the lung mask.
-* **Acquisition**: exposure curve, gamma, contrast and offset, detector blur, Gaussian and
-  Poisson-like noise, and — independently of the class, because they are shortcut bait — text
-  markers, ECG electrodes with wires, and tubes or lines.
+* **Acquisition** (:mod:`cxrnet.data._phantom_acquisition`): exposure curve, gamma, contrast and offset,
+  detector blur, Gaussian and Poisson-like noise, and — independently of the class, because they are
+  shortcut bait — text markers, ECG electrodes with wires, and tubes or lines.
 
 Random streams are separate for anatomy, disease, acquisition, pixel noise and the label, so the same
 seed with a different ``label`` gives the *same patient* with a different disease, and a seed gives
@@ -42,6 +42,8 @@ import numpy as np
 from PIL import Image
 
 from cxrnet.data import _phantom_draw as draw
+from cxrnet.data._phantom_acquisition import draw_overlays, render
+from cxrnet.data._phantom_anatomy import Lung, anatomy
 from cxrnet.data.records import RawItem
 from cxrnet.severity import severity_targets
 
@@ -75,7 +77,7 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(child) for name, child in zip(_STREAMS, children)}
 
 
-def _normalise_per_lung(envelope: np.ndarray, lungs: Sequence[draw.Lung]) -> np.ndarray:
+def _normalise_per_lung(envelope: np.ndarray, lungs: Sequence[Lung]) -> np.ndarray:
     """Scale the envelope so that it peaks at 1 inside every lung it touches."""
     out = np.zeros_like(envelope)
     for lung in lungs:
@@ -91,7 +93,7 @@ def _normalise_per_lung(envelope: np.ndarray, lungs: Sequence[draw.Lung]) -> np.
 # envelope times the class texture, in units of the class strength (see ``_OPACITY``).
 
 
-def _bacterial(rng: np.random.Generator, size: int, lungs: list[draw.Lung]) -> tuple[np.ndarray, np.ndarray]:
+def _bacterial(rng: np.random.Generator, size: int, lungs: list[Lung]) -> tuple[np.ndarray, np.ndarray]:
     """Lobar consolidation of one lung: dense, homogeneous, sharp along a fissure."""
     y, _ = draw.grid(size)
     lung = lungs[int(rng.integers(2))]
@@ -116,7 +118,7 @@ def _bacterial(rng: np.random.Generator, size: int, lungs: list[draw.Lung]) -> t
     return env, env * texture
 
 
-def _viral(rng: np.random.Generator, size: int, lungs: list[draw.Lung]) -> tuple[np.ndarray, np.ndarray]:
+def _viral(rng: np.random.Generator, size: int, lungs: list[Lung]) -> tuple[np.ndarray, np.ndarray]:
     """Bilateral perihilar interstitial pattern: reticular lines, small nodules, streaks."""
     y, _ = draw.grid(size)
     env = np.zeros((size, size), _F32)
@@ -143,7 +145,7 @@ def _viral(rng: np.random.Generator, size: int, lungs: list[draw.Lung]) -> tuple
     return env, env * texture
 
 
-def _covid(rng: np.random.Generator, size: int, lungs: list[draw.Lung]) -> tuple[np.ndarray, np.ndarray]:
+def _covid(rng: np.random.Generator, size: int, lungs: list[Lung]) -> tuple[np.ndarray, np.ndarray]:
     """Bilateral peripheral lower-zone ground glass: hazy, soft-edged, along the lateral borders."""
     y, _ = draw.grid(size)
     env = np.zeros((size, size), _F32)
@@ -208,7 +210,7 @@ def make_phantom(seed: int, size: int = 256, label: str | None = None, difficult
         label = CLASSES[int(rngs["label"].integers(len(CLASSES)))]
     _check_label(label)
 
-    dens, lungs, darkness = draw.anatomy(rngs["anatomy"], size, 0.5 + difficulty)
+    dens, lungs, darkness = anatomy(rngs["anatomy"], size, 0.5 + difficulty)
     lung_mask = lungs[0].mask | lungs[1].mask
     infection_mask = np.zeros_like(lung_mask)
     if label != "normal":
@@ -223,8 +225,8 @@ def make_phantom(seed: int, size: int = 256, label: str | None = None, difficult
 
     acq = rngs["acquisition"]
     p_overlay = 0.08 + 0.3 * difficulty
-    overlay = draw.draw_overlays(acq, size, p_overlay, 0.6 * p_overlay, 0.6 * p_overlay)
-    image = draw.render(dens + 0.7 * overlay, acq, rngs["noise"], size, difficulty)
+    overlay = draw_overlays(acq, size, p_overlay, 0.6 * p_overlay, 0.6 * p_overlay)
+    image = render(dens + 0.7 * overlay, acq, rngs["noise"], size, difficulty)
 
     sides = np.zeros((size, size), np.int8)
     sides[lungs[0].mask] = 1

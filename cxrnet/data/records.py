@@ -1,7 +1,7 @@
 """Plain-Python descriptions of dataset items, before any pixels are read.
 
 A dataset reader (``cxrnet.data.sources.*``) turns a folder on disk into a list of :class:`Record`.
-:func:`cxrnet.data.io.load_record` turns one record into a :class:`RawItem` (numpy arrays at the
+:func:`cxrnet.data.items.load_record` turns one record into a :class:`RawItem` (numpy arrays at the
 file's own size); the synthetic phantoms produce :class:`RawItem` directly. ``CXRDataset`` turns a
 ``RawItem`` into the torch ``Sample`` dict of the data contract.
 """

@@ -6,8 +6,12 @@
 - :mod:`.segmentation`: Dice, IoU, HD95 per image and aggregated.
 - :mod:`.correlation`: agreement of severity estimates with reference scores.
 - :mod:`.bootstrap`: patient-level bootstrap confidence intervals for any of the above.
+- :mod:`.results`: what an evaluation keeps of a split (:class:`~.results.Collected`), filled by
+  :func:`cxrnet.collect.collect`, which runs the network.
+- :mod:`.summary`: the ``metrics.json`` keys and their bootstrap intervals, from a ``Collected``.
 
-None of these import torch or scikit-learn.
+None of these import torch or scikit-learn, nor any part of cxrnet outside this package: the network runs in
+:mod:`cxrnet.collect`, and the figures and report are drawn by :mod:`cxrnet.report`.
 """
 
 from cxrnet.evaluation.bootstrap import CI, bootstrap_ci, group_bootstrap_indices

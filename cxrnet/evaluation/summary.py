@@ -1,4 +1,4 @@
-"""Metrics and patient-bootstrap intervals of an evaluation, from a :class:`~.collect.Collected`.
+"""Metrics and patient-bootstrap intervals of an evaluation, from a :class:`~.results.Collected`.
 
 All keys are flat and prefixed by task; :data:`METRIC_DOCS` says what each one means. Undefined values are
 NaN here (``null`` in ``metrics.json``).
@@ -17,9 +17,8 @@ from scipy.special import softmax
 from cxrnet.evaluation.bootstrap import CI, bootstrap_ci
 from cxrnet.evaluation.calibration import apply_temperature, brier_score, expected_calibration_error
 from cxrnet.evaluation.classification import classification_metrics, confusion_matrix, describe_key
-from cxrnet.evaluation.collect import MASKS, Collected, MaskScores
 from cxrnet.evaluation.correlation import agreement
-from cxrnet.provenance import HEADS, head_training
+from cxrnet.evaluation.results import MASKS, Collected, MaskScores
 
 #: Meaning of every ``metrics.json`` key. ``{a,b}``: one of the choices (severity ``map``: derived from the
 #: predicted maps, ``learned``: the severity head); ``{name}``: one key segment, e.g. ``{class}`` a class name,
@@ -82,7 +81,8 @@ WITHHELD_PREFIXES: dict[str, str] = {
 _DATA_COUNTS = ("/n", "/n_empty_target", "/support", "cls/temperature")
 
 SPECIFICITY_TARGETS = (0.90, 0.95)
-_CLS_HEADLINE = (
+#: The classification metrics a summary leads with (keys under ``cls/``).
+CLASSIFICATION_HEADLINE = (
     "accuracy",
     "balanced_accuracy",
     "macro/sensitivity",
@@ -140,16 +140,6 @@ def withhold_untrained(metrics: Mapping[str, Any], untrained: Collection[str]) -
     learned is reported as if it meant something; ``heads/*`` keys say why.
     """
     return {k: float("nan") if withheld(k, untrained) else v for k, v in metrics.items()}
-
-
-def head_metrics(heads: Mapping[str, Any] | None, severity_targets: Sequence[str]) -> dict[str, Any]:
-    """The ``heads/*`` keys of metrics.json, from the checkpoint's ``heads`` record (or ``None``)."""
-    out: dict[str, Any] = {"heads/recorded": heads is not None}
-    for name in (*HEADS, *(f"severity/{t}" for t in severity_targets)):
-        head = head_training(heads, name)
-        out[f"heads/{name}/trained"] = head.trained
-        out[f"heads/{name}/n_train"] = float("nan") if head.n is None else head.n
-    return out
 
 
 def probabilities(collected: Collected, temperature: float = 1.0) -> np.ndarray:
@@ -218,7 +208,7 @@ def _classification(
     out["cls/ece"] = expected_calibration_error(y, probs)
     out["cls/brier"] = brier_score(y, probs)
     if headline:
-        keep = {*_CLS_HEADLINE, *(f"{c}/{m}" for c in classes for m in _PER_CLASS_HEADLINE), "ece", "brier"}
+        keep = {*CLASSIFICATION_HEADLINE, *(f"{c}/{m}" for c in classes for m in _PER_CLASS_HEADLINE), "ece", "brier"}
         out = {k: v for k, v in out.items() if k[4:] in keep}
     return out
 
@@ -341,7 +331,7 @@ def _segmentation_headline(**data: np.ndarray) -> dict[str, float]:
 
 def _severity_headline(**data: np.ndarray) -> dict[str, float]:
     out = {}
-    for key in {k.rsplit("/", 1)[0] for k in data}:
+    for key in dict.fromkeys(k.rsplit("/", 1)[0] for k in data):  # ordered: a set's order changes per process
         stats = agreement(data[f"{key}/estimate"], data[f"{key}/reference"])
         out |= {f"severity/{key}/{s}": stats[s] for s in _SEVERITY_HEADLINE}
     return out

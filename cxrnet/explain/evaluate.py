@@ -3,16 +3,25 @@
 ::
 
     python -m cxrnet.explain.evaluate checkpoint=<ckpt> data=<name> [data.root=<dir>] [split=test] \\
-        [methods=[native,gradcam,gradcam++]] [output=<file.json>]
+        [methods=[native,gradcam,gradcam++]] [output_dir=<dir>]
 
 Every method explains every item of the split that has an infection mask; each map is scored with
 :func:`cxrnet.explain.metrics.explanation_scores` against that mask (and the lung mask, where there is one,
 for the explanation-in-lung share). Items whose infection mask is empty (e.g. ``normal``) have no target:
 their mask-based scores are NaN and left out of the means (they are counted), but their lung share counts.
-Grad-CAM explains each image's *predicted* class.
+The CAM methods explain each image's *predicted* class.
+
+Faithfulness, not just overlap: for every method, deletion and insertion curves
+(:mod:`cxrnet.explain.faithfulness`) of the predicted class's probability through the whole model, as the
+most salient pixels are removed or revealed (``curve_steps`` steps), and the area under each
+(``deletion_auc``: lower is better; ``insertion_auc``: higher is better). ``curves=false`` skips them.
 
 The data's ``image_size``, ``mean``, ``std`` and ``classes`` are taken from the checkpoint, so the maps are
 computed on exactly the inputs the model was trained on; only the dataset has to be named.
+
+With ``output_dir=<dir>`` the scores are also written to ``<dir>/explanations.json``, with two figures: a grid
+of ``figure_items`` images with lesions (image, infection mask, each method's map: ``explanations.png``) and
+the mean curves (``faithfulness.png``).
 
 ``evaluate_explanations(cfg)`` does the work and can be called from Python; ``main`` is the Hydra wrapper,
 which also prints the comparison table.
@@ -30,20 +39,25 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Subset
 
-from cxrnet.checkpoint import data_config_for_checkpoint, load_network
+from cxrnet.command import CONFIG_PATH, open_split, register_resolvers
 from cxrnet.data.dataset import collate
-from cxrnet.devices import autocast, inference_precision, resolve_device
+from cxrnet.devices import autocast
 from cxrnet.explain import EXPLAINERS, get_explainer
+from cxrnet.explain.faithfulness import deletion_curve, insertion_curve
 from cxrnet.explain.metrics import explanation_scores
 
 log = logging.getLogger(__name__)
+
+#: The scores' file in ``output_dir``, and the two figures beside it.
+RESULTS_FILE = "explanations.json"
+GRID_FIGURE = "explanations.png"
+CURVES_FIGURE = "faithfulness.png"
 
 
 def _aggregate(rows: list[dict[str, float]]) -> dict[str, dict[str, float | int | None]]:
@@ -62,41 +76,34 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
 
     Args:
         cfg: a composed ``explain_evaluate.yaml`` config (``checkpoint``, ``data``, ``split``, ``methods``,
-            ``output``, ``batch_size``, ``k_percent``, ``tolerance``, ``device``).
+            ``output_dir``, ``batch_size``, ``k_percent``, ``tolerance``, ``device``).
 
     Returns:
         ``{"checkpoint", "data", "split", "classes", "counts", "methods"}`` where ``methods[name]`` maps each
         score key (``pointing_game``, ``average_precision``, ``infection_share``, ``top{k}_iou``,
-        ``top{k}_f1``, ``lung_share``) to ``{"mean": float | None, "n": int}`` and ``seconds_per_image`` to the
-        explainer's wall time per image. ``counts`` holds ``items`` (in the split), ``with_infection_mask``
+        ``top{k}_f1``, ``lung_share``, ``deletion_auc``, ``insertion_auc``) to ``{"mean": float | None, "n": int}``,
+        ``seconds_per_image`` and ``images_per_second`` to the explainer's wall time (maps only, not the
+        curves), and ``deletion_curve`` / ``insertion_curve`` to the mean curves (with ``fractions`` at the
+        top level). ``counts`` holds ``items`` (in the split), ``with_infection_mask``
         (evaluated), ``empty_infection_mask`` (skipped for mask-based scores) and ``with_lung_mask``.
-        The same dict is written as JSON to ``cfg.output`` when it is set.
+        The same dict is written as JSON to ``<cfg.output_dir>/explanations.json`` when ``output_dir`` is set.
 
     Raises:
         ValueError: no checkpoint, an unknown split or method, or a split without infection masks.
     """
-    if not cfg.get("checkpoint"):
-        raise ValueError("no checkpoint: add checkpoint=<file.ckpt> (e.g. <run>/checkpoints/best.ckpt)")
     methods = list(cfg.methods)
     unknown = [name for name in methods if name not in EXPLAINERS]
     if unknown or not methods:
         raise ValueError(f"unknown explanation methods {unknown}; valid: {', '.join(EXPLAINERS)}")
-    net, meta = load_network(cfg.checkpoint)
-    device = resolve_device(cfg.get("device", "cpu"))
-    precision = inference_precision(str(cfg.get("precision") or "auto"), device)
-    net.to(device)
+    opened = open_split(cfg)
+    net, device, precision, dataset = opened.net, opened.device, opened.precision, opened.dataset
     with open_dict(cfg):  # the config then records what was actually evaluated
-        cfg.data = data_config_for_checkpoint(cfg.data, meta, cfg.get("seed"))
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("test")
-    if cfg.split not in datamodule.datasets:
-        raise ValueError(f"unknown split {cfg.split!r}; valid: {', '.join(datamodule.datasets)}")
-    dataset = datamodule.datasets[cfg.split]
+        cfg.data = opened.data
     # Selected without reading pixels: Record and RawItem both say whether an infection mask exists.
     with_mask = [i for i, item in enumerate(dataset.items) if item.infection_mask is not None]
     if not with_mask:
         raise ValueError(
-            f"the {cfg.split} split of data={cfg.data.name} ({len(dataset)} items) has no infection masks; "
+            f"{opened.name} ({len(dataset)} items) has no infection masks; "
             "choose a dataset that provides them (e.g. synthetic, qata, covid_qu_ex)"
         )
     loader = DataLoader(Subset(dataset, with_mask), batch_size=int(cfg.batch_size), collate_fn=collate)
@@ -105,6 +112,12 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
     seconds = dict.fromkeys(methods, 0.0)
     empty = with_lungs = 0
     k_percent = [float(k) for k in cfg.k_percent]
+    curves, steps = bool(cfg.get("curves", True)), int(cfg.get("curve_steps", 20))
+    sums: dict[str, dict[str, torch.Tensor]] = {name: {} for name in methods}
+    fractions: torch.Tensor | None = None
+    n_figure = int(cfg.get("figure_items", 6)) if cfg.get("output_dir") else 0
+    shown: dict[str, list[np.ndarray]] = {"image": [], "infection": [], **{name: [] for name in methods}}
+    titles: list[str] = []
 
     # first-call set-up (allocations, kernel choice) kept out of the timings
     with torch.no_grad(), autocast(precision, device):
@@ -116,23 +129,46 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         has_lungs = batch["has_lung_mask"].numpy()
         empty += int((~infection.any(axis=(1, 2))).sum())
         with_lungs += int(has_lungs.sum())
+        # rows of the figure: the first images with a lesion
+        keep = [i for i in np.flatnonzero(infection.any(axis=(1, 2)))][: max(0, n_figure - len(titles))]
+        for i in keep:
+            shown["image"].append(images[i, 0].float().cpu().numpy())
+            shown["infection"].append(infection[i])
+            titles.append(
+                f"{batch['meta'][i].get('raw_label', '')} {Path(str(batch['meta'][i]['path'])).name}"
+            )
         for name, explainer in explainers.items():
             start = time.perf_counter()
             with autocast(precision, device):
-                maps = explainer(images).float().cpu().numpy()
+                maps = explainer(images).float()
             seconds[name] += time.perf_counter() - start
-            for i, saliency in enumerate(maps):
+            faithful: dict[str, torch.Tensor] = {}
+            if curves:
+                with torch.no_grad(), autocast(precision, device):
+                    for kind, curve in (("deletion", deletion_curve), ("insertion", insertion_curve)):
+                        result = curve(net, images, maps, steps=steps, batch_size=int(cfg.batch_size) * 4)
+                        faithful[kind] = result.auc
+                        total = result.probabilities.float().sum(dim=0).cpu()
+                        sums[name][kind] = sums[name].get(kind, 0) + total
+                        fractions = result.fractions.cpu()
+            maps_np = maps.cpu().numpy()
+            for i in keep:
+                shown[name].append(maps_np[i])
+            for i, saliency in enumerate(maps_np):
                 lung = lungs[i] if has_lungs[i] else None
-                rows[name].append(
-                    explanation_scores(saliency, infection[i], lung, k_percent, tolerance=int(cfg.tolerance))
+                scores = explanation_scores(
+                    saliency, infection[i], lung, k_percent, tolerance=int(cfg.tolerance)
                 )
+                for kind, auc in faithful.items():
+                    scores[f"{kind}_auc"] = float(auc[i])
+                rows[name].append(scores)
 
     results: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint),
         "data": str(cfg.data.name),
         "split": str(cfg.split),
         "precision": precision,
-        "classes": list(meta["classes"]),
+        "classes": list(opened.meta["classes"]),
         "counts": {
             "items": len(dataset),
             "with_infection_mask": len(with_mask),
@@ -140,16 +176,46 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
             "with_lung_mask": with_lungs,
         },
         "methods": {
-            name: {**_aggregate(rows[name]), "seconds_per_image": seconds[name] / len(with_mask)}
+            name: {
+                **_aggregate(rows[name]),
+                "seconds_per_image": seconds[name] / len(with_mask),
+                "images_per_second": len(with_mask) / seconds[name] if seconds[name] > 0 else None,
+                **{f"{kind}_curve": (total / len(with_mask)).tolist() for kind, total in sums[name].items()},
+            }
             for name in methods
         },
     }
-    if cfg.get("output"):
-        output = Path(cfg.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2) + "\n")
-        log.info("explanation scores written to %s", output)
+    if fractions is not None:
+        results["fractions"] = fractions.tolist()
+    if cfg.get("output_dir"):
+        folder = Path(cfg.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        log.info("explanation scores written to %s", folder / RESULTS_FILE)
+        _write_figures(folder, results, shown, titles, methods)
     return results
+
+
+def _write_figures(
+    folder: Path,
+    results: dict[str, Any],
+    shown: dict[str, list[np.ndarray]],
+    titles: list[str],
+    methods: list[str],
+) -> None:
+    from cxrnet.report.explanations import plot_explanation_grid, plot_faithfulness_curves
+
+    if titles:
+        maps = {name: shown[name] for name in methods}
+        plot_explanation_grid(shown["image"], shown["infection"], maps, titles, folder / GRID_FIGURE)
+    if "fractions" in results:
+        scores = results["methods"]
+        plot_faithfulness_curves(
+            np.asarray(results["fractions"]),
+            {name: np.asarray(scores[name]["deletion_curve"]) for name in methods},
+            {name: np.asarray(scores[name]["insertion_curve"]) for name in methods},
+            folder / CURVES_FIGURE,
+        )
 
 
 def results_table(results: dict[str, Any]) -> Table:
@@ -159,6 +225,11 @@ def results_table(results: dict[str, Any]) -> Table:
     columns = [("pointing_game", "pointing"), ("average_precision", "AP")]
     columns += [(key, f"{key[3:].split('_')[0]}% {'IoU' if key.endswith('iou') else 'F1'}") for key in topk]
     columns += [("lung_share", "in lungs")]
+    columns += [
+        (key, title)
+        for key, title in (("deletion_auc", "del. AUC"), ("insertion_auc", "ins. AUC"))
+        if key in first
+    ]
     counts = results["counts"]
     table = Table(
         box=box.SIMPLE_HEAD,
@@ -172,14 +243,15 @@ def results_table(results: dict[str, Any]) -> Table:
     for _, title in columns:
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("n", justify="right")
-    table.add_column("s / image", justify="right")
+    table.add_column("images/s", justify="right")
     for name, scores in results["methods"].items():
         cells = []
         for key, _ in columns:
             mean = scores.get(key, {}).get("mean")
             cells.append("–" if mean is None else f"{mean:.3f}")
         n = scores["average_precision"]["n"]
-        table.add_row(name, *cells, str(n), f"{scores['seconds_per_image']:.3f}")
+        rate = scores.get("images_per_second")
+        table.add_row(name, *cells, str(n), "–" if rate is None else f"{rate:.1f}")
     return table
 
 
@@ -189,16 +261,14 @@ def _run(cfg: DictConfig) -> None:
     if not console.is_terminal:  # a pipe or a log file: rich would squeeze the table into 80 columns
         console = Console(width=160)
     console.print(results_table(results))
-    if not cfg.get("output"):
-        log.info("add output=<file.json> to save these scores")
+    if not cfg.get("output_dir"):
+        log.info("add output_dir=<dir> to save these scores in <dir>/%s", RESULTS_FILE)
 
 
 def main() -> None:
     """Command-line entry point (Hydra): see ``cxrnet/conf/explain_evaluate.yaml``."""
-    from cxrnet.export import register_resolvers
-
     register_resolvers()
-    hydra.main(version_base="1.3", config_path="../conf", config_name="explain_evaluate")(_run)()
+    hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain_evaluate")(_run)()
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def native_explanation(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 class NativeExplainer:
-    """The native map behind the same interface as :class:`~cxrnet.explain.gradcam.GradCAM`.
+    """The native map behind the same interface as the CAM explainers (:mod:`cxrnet.explain.cams`).
 
     Args:
         net: a :class:`~cxrnet.models.CXRNet`.

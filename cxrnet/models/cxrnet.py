@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrnet.devices import compile_unavailable
-from cxrnet.models.encoders import build_encoder, build_segmentation_model
+from cxrnet.models.encoders import build_encoder, build_segmentation_model, min_input_size
 from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, soft_dilate
 
 MAP_NAMES = ("lung", "infection", "explanation")
@@ -60,7 +60,8 @@ class CXRNet(nn.Module):
     Args:
         classes: class names, in logit order.
         encoder: encoder 1 (see :func:`cxrnet.models.list_encoders`; timm models as ``tu-<name>``).
-        decoder: shared decoder architecture (``unet``, ``unetplusplus``, ``fpn``, ``deeplabv3plus``, ...).
+        decoder: shared decoder architecture (see :func:`cxrnet.models.list_decoders`); ``deeplabv3plus`` and
+            ``pan`` need an encoder with a dilated mode (not densenet), ``pan`` images of at least 128×128.
         classifier_encoder: encoder 2; defaults to the same name as ``encoder`` (separate weights).
         pretrained: load ImageNet weights for both encoders (needs internet; off by default).
         decoder_channels: decoder widths for U-Net-style decoders; ``None`` keeps smp's default.
@@ -125,6 +126,7 @@ class CXRNet(nn.Module):
         self.decoder = segmenter.decoder
         self.segmentation_head = segmenter.segmentation_head
         self.output_stride = 2 ** len(self.encoder.out_channels[1:])
+        self.min_input_size = min_input_size(decoder)
         self._open_explanation_gate(EXPLANATION_INIT_BIAS)
 
         self.classifier_encoder = build_encoder(classifier_encoder or encoder, pretrained=pretrained)
@@ -144,13 +146,20 @@ class CXRNet(nn.Module):
             conv.bias[MAP_NAMES.index("explanation")] = bias
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` with a fix when ``x`` is not B×1×H×W with H, W divisible by the output stride."""
+        """Raise ``ValueError`` with a fix when ``x`` is not B×1×H×W with H, W divisible by the output stride
+        and at least the decoder's minimum size (``min_input_size``)."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(
                 f"expected a B×1×H×W grayscale batch, got shape {tuple(x.shape)}; convert RGB to grayscale "
                 "and add batch and channel axes (x[None, None] for one H×W image)"
             )
         h, w = x.shape[-2:]
+        m = self.min_input_size
+        if h < m or w < m:
+            raise ValueError(
+                f"image size {h}×{w} is smaller than {m}×{m}, the smallest decoder {self.config['decoder']!r} "
+                f"works at; resize it to at least {m}×{m} (data.image_size={m}) or choose another decoder"
+            )
         s = self.output_stride
         if h % s or w % s:
             raise ValueError(

@@ -1,7 +1,9 @@
 """Encoders and decoders by name: one place that knows which names are valid.
 
 Every smp encoder name works (``resnet18``, ``densenet121``, ``efficientnet-b0``, ...), and any timm model
-through smp's ``tu-`` prefix (``tu-convnext_tiny``). Decoders are smp architectures.
+through smp's ``tu-`` prefix (``tu-convnext_tiny``). Decoders are smp architectures; two have constraints
+(``DILATED_DECODERS``, ``DECODER_MIN_SIZE``): ``deeplabv3plus`` and ``pan`` need an encoder with a dilated mode
+(not densenet), and ``pan`` images of at least 128×128.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ DECODERS: dict[str, str] = {
     "pan": "pan",
 }
 
+# Decoders that run encoder 1 dilated (output stride 16, smp's default for them): encoders without a dilated
+# mode (smp's densenet, vgg, xception and inception families) cannot serve them.
+DILATED_DECODERS = frozenset({"deeplabv3plus", "pan"})
+
+# Smallest image side of decoders that need more than the output stride: PAN's pyramid attention halves the
+# stride-16 features three more times, so they must be at least 8 pixels wide (128-pixel images).
+DECODER_MIN_SIZE: dict[str, int] = {"pan": 128}
+
 TIMM_PREFIX = "tu-"
 
 
@@ -38,6 +48,11 @@ def list_encoders() -> list[str]:
 def list_decoders() -> list[str]:
     """Names accepted by ``model.decoder``."""
     return sorted(DECODERS)
+
+
+def min_input_size(decoder: str) -> int:
+    """Smallest image height and width, in pixels, that ``decoder`` works at (0: any multiple of the stride)."""
+    return DECODER_MIN_SIZE.get(decoder, 0)
 
 
 def check_encoder_name(name: str) -> None:
@@ -94,18 +109,27 @@ def build_segmentation_model(
     """
     check_encoder_name(encoder)
     check_decoder_name(decoder)
-    return _with_offline_hint(
-        lambda: smp.create_model(
-            DECODERS[decoder],
-            encoder_name=encoder,
-            encoder_weights="imagenet" if pretrained else None,
-            in_channels=1,
-            classes=out_channels,
-            **decoder_kwargs,
-        ),
-        encoder,
-        pretrained,
-    )
+    try:
+        return _with_offline_hint(
+            lambda: smp.create_model(
+                DECODERS[decoder],
+                encoder_name=encoder,
+                encoder_weights="imagenet" if pretrained else None,
+                in_channels=1,
+                classes=out_channels,
+                **decoder_kwargs,
+            ),
+            encoder,
+            pretrained,
+        )
+    except ValueError as err:
+        if decoder not in DILATED_DECODERS or "dilated" not in str(err):
+            raise
+        undilated = ", ".join(name for name in list_decoders() if name not in DILATED_DECODERS)
+        raise ValueError(
+            f"decoder {decoder!r} runs the encoder dilated (output stride 16), which encoder {encoder!r} cannot "
+            f"({err}); choose a decoder that does not dilate ({undilated}) or another encoder"
+        ) from err
 
 
 def build_encoder(name: str, *, in_channels: int = 1, depth: int = 5, pretrained: bool = False) -> nn.Module:

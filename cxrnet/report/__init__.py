@@ -1,4 +1,5 @@
-"""Evaluation figures (:mod:`.plots`) and report files (:mod:`.writer`).
+"""Evaluation figures (:mod:`.plots`), report files (:mod:`.writer`) and the report of
+``python -m cxrnet.evaluate`` built from them (:mod:`.evaluation`).
 
 The plotting functions are loaded on first use: importing :mod:`cxrnet.report` (or
 :mod:`cxrnet.report.overlay`, which predict uses) does not import matplotlib.

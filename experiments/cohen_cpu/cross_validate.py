@@ -83,7 +83,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def score_fold(checkpoint: Path, records: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """One row per test image: truth, prediction, lung Dice, explanation share in the lungs, severity."""
     from cxrnet import load_model
-    from cxrnet.data.io import read_mask
+    from cxrnet.data.masks import read_mask
 
     predictor = load_model(checkpoint, keep_untrained=True)
     rows = []

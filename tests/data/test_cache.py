@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxrnet.data import io as cxr_io
-from cxrnet.data.cache import DataCache, ItemReadError, read_item
+from cxrnet.data import images
+from cxrnet.data.cache import DataCache
 from cxrnet.data.dataset import CXRDataset
+from cxrnet.data.items import load_record
 from cxrnet.data.records import Record
 from cxrnet.data.sources import read_source
 from cxrnet.data.splits import image_hash
@@ -31,13 +32,13 @@ def records(tmp_path: Path) -> list[Record]:
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    original = cxr_io.decode_image  # what read_image, load_record and the item reader decode through
+    original = images.decode_image  # what read_image, load_record and the item reader decode through
 
-    def counting(path: str | os.PathLike[str], **kwargs: object) -> cxr_io.DecodedImage:
+    def counting(path: str | os.PathLike[str], **kwargs: object) -> images.DecodedImage:
         calls.append(str(path))
         return original(path, **kwargs)
 
-    monkeypatch.setattr(cxr_io, "decode_image", counting)
+    monkeypatch.setattr(images, "decode_image", counting)
     return calls
 
 
@@ -57,7 +58,7 @@ def test_second_pass_decodes_no_source_file(
     infos = [cache.info(r) for r in records]
     assert calls == []
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, second))
-    assert [i.hash for i in infos] == [image_hash(cxr_io.read_image(r.path)) for r in records]
+    assert [i.hash for i in infos] == [image_hash(images.read_image(r.path)) for r in records]
 
 
 def test_cached_and_uncached_samples_are_identical(records: list[Record], tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_qata_control_gets_an_empty_infection_mask_from_the_cache(tmp_path: Path
     records = read_source("qata", make_qata(tmp_path / "qata")).records
     cache = DataCache(tmp_path / "cache", 32)
     for record in records:
-        expected = cxr_io.load_record(record)
+        expected = load_record(record)
         for _ in range(2):
             item = cache.load_item(record)
             assert (item.infection_mask is None) == (expected.infection_mask is None)
@@ -110,7 +111,7 @@ def test_changed_file_and_other_size_are_misses(
     save(Path(record.path), 255 - gray(0))  # rewritten with other content
     item = cache.load_item(record)
     assert len(calls) == 2
-    assert np.array_equal(item.image, letterbox(cxr_io.read_image(record.path), 32))
+    assert np.array_equal(item.image, letterbox(images.read_image(record.path), 32))
     calls.clear()
     DataCache(tmp_path / "cache", 64).load_item(record)
     assert calls == [record.path]
@@ -149,20 +150,3 @@ def test_concurrent_writers_do_not_corrupt_the_cache(records: list[Record], tmp_
         entries = list(folder.rglob("*"))
         assert not [p for p in entries if p.name.endswith(".tmp")]
         assert len([p for p in entries if p.suffix == ".npz"]) == len(records)
-
-
-def test_read_item_lists_non_binary_masks_and_names_bad_files(tmp_path: Path) -> None:
-    image = save(tmp_path / "a.png", gray(1))
-    soft = box_mask(slice(2, 9), slice(3, 10))
-    soft[2, 3] = 100
-    save(tmp_path / "soft.png", soft)
-    save(tmp_path / "small.png", np.zeros((10, 10), np.uint8))
-    item = read_item(Record(str(image), "p", "test", lung_mask=(str(tmp_path / "soft.png"),)))
-    assert [(i.kind, Path(i.path).name) for i in item.info.issues] == [("non-binary mask", "soft.png")]
-    assert item.lung_mask.sum() == 7 * 7 - 1  # thresholded at half range, like load_record
-    with pytest.raises(ItemReadError, match=r"small\.png: mask 10x10 differs from image 20x24") as err:
-        read_item(Record(str(image), "p", "test", infection_mask=str(tmp_path / "small.png")))
-    assert err.value.kind == "mask size mismatch"
-    with pytest.raises(ItemReadError, match=r"gone\.png: file does not exist") as err:
-        read_item(Record(str(tmp_path / "gone.png"), "p", "test"))
-    assert err.value.kind == "unreadable file"

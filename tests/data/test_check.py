@@ -157,3 +157,22 @@ def test_module_runs_from_any_directory_without_writing_there(tmp_path: Path) ->
     assert "no problems" in result.stdout
     assert json.loads(report.read_text())["n_items"] == 14
     assert list(cwd.iterdir()) == []
+
+
+def test_the_check_sees_the_split_that_training_will(tmp_path: Path) -> None:
+    from hydra import compose, initialize
+    from hydra.utils import instantiate
+
+    from cxrnet.conf import CONFIG_PATH
+
+    root = make_manifest(tmp_path / "ds", problems=False)
+    split = ["data.split_fractions={train: 0.5, val: 0.25, test: 0.25}", "seed=3", "data.num_workers=0"]
+    code, report = run_check(root, tmp_path, *split)
+    assert code == 0
+    with initialize(config_path=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("check", ["data=folder", f"data.root={root}", "data.classes=[normal,covid19]", *split])
+    datamodule = instantiate(
+        cfg.data, _convert_="all"
+    )  # what python -m cxrnet.train builds from the same data
+    datamodule.setup()
+    assert datamodule.report.counts == report["counts"]

@@ -19,7 +19,7 @@ import pytest
 from bombs import BOMB_SIDE, bomb_png, deflated_dicom_bomb, lying_dicom
 from hydra import compose, initialize_config_module
 
-from cxrnet.data.io import MAX_IMAGE_PIXELS_ENV
+from cxrnet.data.images import MAX_IMAGE_PIXELS_ENV
 from cxrnet.predict import predict
 
 from inference_helpers import radiograph, tiny_checkpoint, write_png

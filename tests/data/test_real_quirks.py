@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrnet.data.cache import read_item
-from cxrnet.data.io import ImageReadError, TruncatedImageWarning, read_image, read_image_noting
+from cxrnet.data.findings import KIND_TRUNCATED
+from cxrnet.data.images import ImageReadError, TruncatedImageWarning, read_image, read_image_noting
+from cxrnet.data.items import read_item
 from cxrnet.data.records import Record
-from cxrnet.data.report import KIND_TRUNCATED
 from cxrnet.data.sources import cohen, taxonomy
 from cxrnet.datamodule import CXRDataModule
 

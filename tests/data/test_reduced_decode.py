@@ -15,22 +15,22 @@ import numpy as np
 import pytest
 import torch
 
-from cxrnet.data import io as cxr_io
+from cxrnet.data import raster, reduction
 from cxrnet.data.build import SourceSpec, build_splits
-from cxrnet.data.cache import DataCache, ItemInfo, ItemReadError
+from cxrnet.data.cache import DataCache
 from cxrnet.data.dataset import CXRDataset
-from cxrnet.data.io import (
-    REDUCED_READ_MARGIN,
+from cxrnet.data.images import (
     ImageReadError,
     TruncatedImageWarning,
     decode_image,
-    load_record,
     read_image,
     read_image_noting,
-    read_mask,
     reduction_factor,
 )
+from cxrnet.data.items import ItemInfo, ItemReadError, load_record
+from cxrnet.data.masks import read_mask
 from cxrnet.data.records import Record
+from cxrnet.data.reduction import REDUCED_READ_MARGIN
 from cxrnet.data.splits import hamming, image_hash
 from cxrnet.data.transforms import Preprocessing, letterbox
 
@@ -94,13 +94,13 @@ def test_a_jpeg_is_decoded_reduced_and_close_to_the_full_decode(
 def test_a_jpeg_really_uses_libjpeg_scaling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = save(tmp_path / "x.jpg", natural(2, (512, 512)))
     decoded_at = []
-    original = cxr_io._pil_to_raster
+    original = raster._pil_to_raster
 
     def spy(im):  # the size Pillow decoded at
         decoded_at.append(im.size)
         return original(im)
 
-    monkeypatch.setattr(cxr_io, "_pil_to_raster", spy)
+    monkeypatch.setattr(raster, "_pil_to_raster", spy)
     decode_image(path, target_size=32)
     assert decoded_at == [(64, 64)]
 
@@ -309,7 +309,7 @@ def test_the_reading_rule_is_part_of_the_cache_key(tmp_path: Path, monkeypatch: 
     record = items_on_disk(tmp_path / "data", n=1)[0]
     cache = DataCache(tmp_path / "cache", 32)
     key = cache.key(record)
-    monkeypatch.setattr(cxr_io, "REDUCED_READ_MARGIN", 3)
+    monkeypatch.setattr(reduction, "REDUCED_READ_MARGIN", 3)
     assert cache.key(record) != key
 
 

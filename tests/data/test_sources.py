@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrnet.data.io import load_record, mask_problems
+from cxrnet.data.items import load_record
+from cxrnet.data.masks import mask_problems
 from cxrnet.data.records import Record
 from cxrnet.data.sources import (
     SOURCES,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrnet.data.io import read_image
+from cxrnet.data.images import read_image
 from cxrnet.data.records import Record
 from cxrnet.data.sources import covidx
 from cxrnet.data.splits import (

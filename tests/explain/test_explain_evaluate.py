@@ -20,7 +20,7 @@ from cxrnet.explain.evaluate import evaluate_explanations, results_table
 from cxrnet.models import create_model
 
 CLASSES = ["normal", "bacterial", "viral", "covid19"]
-METHODS = ["native", "gradcam", "gradcam++"]
+METHODS = ["native", "gradcam", "gradcam++", "layercam", "eigencam"]
 TINY_SPLIT = ["data.options.n_test=8", "data.options.n_train=8", "data.options.n_val=8"]
 
 
@@ -40,9 +40,11 @@ def compose_explain(*overrides: str) -> DictConfig:
 
 
 def test_every_method_gets_finite_scores(checkpoint: Path, tmp_path: Path) -> None:
-    output = tmp_path / "scores" / "explain.json"
+    output_dir = tmp_path / "scores"
     # data.image_size=128 on purpose: the checkpoint's 64 px must win.
-    cfg = compose_explain(f"checkpoint={checkpoint}", f"output={output}", "data.image_size=128", *TINY_SPLIT)
+    cfg = compose_explain(
+        f"checkpoint={checkpoint}", f"output_dir={output_dir}", "data.image_size=128", *TINY_SPLIT
+    )
     results = evaluate_explanations(cfg)
     assert cfg.data.image_size == 64 and list(cfg.data.classes) == CLASSES
 
@@ -57,12 +59,33 @@ def test_every_method_gets_finite_scores(checkpoint: Path, tmp_path: Path) -> No
             assert math.isfinite(scores[key]["mean"]) and 0 <= scores[key]["mean"] <= 1
         assert scores["lung_share"]["n"] == counts["with_lung_mask"] == 8
         assert 0 <= scores["lung_share"]["mean"] <= 1
-    assert json.loads(output.read_text()) == results
+        # faithfulness on every evaluated image, lesion or not: one AUC each, in [0, 1]
+        for kind in ("deletion", "insertion"):
+            assert scores[f"{kind}_auc"]["n"] == 8 and 0 <= scores[f"{kind}_auc"]["mean"] <= 1
+            curve = scores[f"{kind}_curve"]
+            assert len(curve) == len(results["fractions"]) == 21
+        # the same clean-image probability ends insertion and starts deletion
+        assert scores["deletion_curve"][0] == pytest.approx(scores["insertion_curve"][-1], abs=1e-3)
+        assert scores["images_per_second"] > 0
+    assert results["fractions"][0] == 0 and results["fractions"][-1] == 1
+    assert json.loads((output_dir / "explanations.json").read_text()) == results
+    assert sorted(p.name for p in output_dir.iterdir()) == [
+        "explanations.json",
+        "explanations.png",
+        "faithfulness.png",
+    ]
 
     console = Console(record=True, width=160)
     console.print(results_table(results))
     text = console.export_text()
     assert all(name in text for name in METHODS) and "AP" in text and "in lungs" in text
+    assert "del. AUC" in text and "ins. AUC" in text and "images/s" in text
+
+
+def test_curves_can_be_skipped(checkpoint: Path) -> None:
+    cfg = compose_explain(f"checkpoint={checkpoint}", "methods=[native]", "curves=false", *TINY_SPLIT)
+    scores = evaluate_explanations(cfg)["methods"]["native"]
+    assert "deletion_auc" not in scores and "insertion_curve" not in scores
 
 
 def test_unknown_method_lists_the_valid_ones(checkpoint: Path) -> None:
@@ -77,8 +100,8 @@ def test_missing_checkpoint_says_how_to_fix() -> None:
 
 
 @pytest.mark.slow
-def test_cli_prints_the_table_and_writes_only_the_json(checkpoint: Path, tmp_path: Path) -> None:
-    output = tmp_path / "out" / "explain.json"
+def test_cli_prints_the_table_and_writes_only_its_files(checkpoint: Path, tmp_path: Path) -> None:
+    output_dir = tmp_path / "out"
     command = [
         sys.executable,
         "-m",
@@ -86,11 +109,18 @@ def test_cli_prints_the_table_and_writes_only_the_json(checkpoint: Path, tmp_pat
         f"checkpoint={checkpoint}",
         "data=synthetic",
         "methods=[native,gradcam]",
-        f"output={output}",
+        f"output_dir={output_dir}",
         *TINY_SPLIT,
     ]
     done = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert "gradcam" in done.stdout and "pointing" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no outputs/ in the working directory
-    assert sorted(p.name for p in output.parent.iterdir()) == ["explain.json"]
-    assert list(json.loads(output.read_text())["methods"]) == ["native", "gradcam"]
+    assert sorted(p.name for p in output_dir.iterdir()) == [
+        "explanations.json",
+        "explanations.png",
+        "faithfulness.png",
+    ]
+    assert list(json.loads((output_dir / "explanations.json").read_text())["methods"]) == [
+        "native",
+        "gradcam",
+    ]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cxrnet.explain import EXPLAINERS, GradCAM, GradCAMPlusPlus, get_explainer, native_explanation
-from cxrnet.explain.gradcam import gated_input
+from cxrnet.explain.layers import gated_input
 from cxrnet.models import CXRNet, Heads, create_model
 
 CLASSES = ["normal", "bacterial", "viral", "covid19"]

@@ -2,31 +2,88 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+import timm
 import torch
+from torch import nn
 
-from cxrnet.models import CXRNet, create_model, list_decoders, list_encoders, pad_to_multiple
+from cxrnet.models import CXRNet, CXRNetOutput, create_model, list_decoders, list_encoders, pad_to_multiple
+from cxrnet.models.encoders import DILATED_DECODERS, min_input_size
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 CLASSES = ["normal", "bacterial", "viral", "covid19"]
-ENCODERS = ["resnet18", "efficientnet-b0", "tu-convnext_atto", "tu-mobilenetv3_small_100"]
-DECODERS = ["unet", "unetplusplus", "fpn", "deeplabv3plus"]
+# Every encoder family README.md advertises (name prefix → its smallest member, built with random weights).
+ENCODER_FAMILIES = {
+    "resnet": "resnet18",
+    "densenet": "densenet121",
+    "efficientnet-": "efficientnet-b0",
+    "tu-convnext_": "tu-convnext_atto",
+    "tu-mobilenetv3_": "tu-mobilenetv3_small_050",
+}
+ENCODERS = list(ENCODER_FAMILIES.values())
+NO_DILATED_MODE = {"densenet121"}  # smp's densenets cannot run dilated (output stride 16)
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
+def _readme_row(what: str) -> str:
+    rows = [
+        line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith(f"| {what} |")
+    ]
+    assert len(rows) == 1, f"README.md should have one recipe row for {what!r}"
+    return rows[0].split("|")[3]
+
+
+def test_readme_advertises_exactly_the_registered_decoders() -> None:
+    listed = _readme_row("decoder").split(";")[0]  # the list; notes on some decoders follow a ";"
+    assert sorted(re.findall(r"`([a-z0-9]+)`", listed)) == list_decoders()
+
+
+def test_every_advertised_encoder_family_is_tested() -> None:
+    advertised = re.findall(r"`([a-z0-9_.-]+)`", _readme_row("encoder"))  # `tu-<name>` is not a name
+    assert advertised, "no encoder names found in the README's encoder row"
+    for name in advertised:
+        family = [prefix for prefix in ENCODER_FAMILIES if name.startswith(prefix)]
+        assert family, f"README.md advertises encoder {name!r} of a family ENCODER_FAMILIES does not test"
+        assert name in list_encoders() or timm.is_model(name.removeprefix("tu-")), name
+    for name in ENCODERS:
+        assert name in list_encoders() or timm.is_model(name.removeprefix("tu-")), name
+
+
+def _gradient_reaches(part: nn.Module) -> bool:
+    return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in part.parameters())
+
+
+@pytest.mark.parametrize("decoder", list_decoders())
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_forward_backward_every_head(encoder: str, decoder: str) -> None:
     torch.manual_seed(0)
-    net = create_model(
+    config = dict(
         classes=CLASSES,
         encoder=encoder,
         decoder=decoder,
         severity_targets=["brixia"],
         severity_scales={"brixia": 18},
     )
-    x = torch.randn(2, 1, 64, 64)
-    out = net(x)
+    if encoder in NO_DILATED_MODE and decoder in DILATED_DECODERS:
+        with pytest.raises(
+            ValueError, match=rf"{decoder}.*dilated.*choose a decoder that does not dilate \(fpn"
+        ):
+            create_model(**config)
+        return
+    net = create_model(**config)
+    size = max(64, min_input_size(decoder))  # 64 px, or the decoder's documented minimum (pan: 128)
+    out = net(torch.randn(2, 1, size, size))
+    assert isinstance(out, CXRNetOutput) and out._fields == (
+        "lung_logits",
+        "infection_logits",
+        "explanation",
+        "class_logits",
+        "severity",
+    )
     expl, severity = out.explanation.detach(), out.severity.detach()
-    assert out.lung_logits.shape == out.infection_logits.shape == out.explanation.shape == (2, 1, 64, 64)
+    assert out.lung_logits.shape == out.infection_logits.shape == out.explanation.shape == (2, 1, size, size)
     assert out.class_logits.shape == (2, 4)
     assert out.severity.shape == (2, 1)
     assert float(expl.min()) >= 0 and float(expl.max()) <= 1
@@ -35,23 +92,24 @@ def test_forward_backward_every_head(encoder: str, decoder: str) -> None:
         out.lung_logits.mean() + out.infection_logits.mean() + out.class_logits.mean() + out.severity.mean()
     )
     loss.backward()
-    for part in (
-        net.encoder,
-        net.decoder,
-        net.segmentation_head,
-        net.classifier_encoder,
-        net.classification_head,
-        net.severity_head,
+    for name in (
+        "encoder",
+        "decoder",
+        "segmentation_head",
+        "classifier_encoder",
+        "classification_head",
+        "severity_head",
     ):
-        grads = [p.grad for p in part.parameters() if p.requires_grad]
-        assert any(g is not None and g.abs().sum() > 0 for g in grads), (
-            f"no gradient reaches {type(part).__name__}"
-        )
+        assert _gradient_reaches(getattr(net, name)), f"no gradient reaches {name}"
+    # each map of the segmentation head (lung, infection, explanation through the gate) learns
+    conv = next(m for m in net.segmentation_head.modules() if isinstance(m, nn.Conv2d))
+    assert bool((conv.weight.grad.abs().sum(dim=(1, 2, 3)) > 0).all())
 
 
-def test_densenet_encoder_with_unet() -> None:
-    net = create_model(classes=CLASSES, encoder="densenet121", decoder="unet")
-    assert net(torch.randn(1, 1, 64, 64)).class_logits.shape == (1, 4)
+def test_pan_below_its_minimum_size_says_what_size_works() -> None:
+    net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_050", decoder="pan")
+    with pytest.raises(ValueError, match=r"64×64 is smaller than 128×128.*'pan'.*data.image_size=128"):
+        net(torch.zeros(2, 1, 64, 64))
 
 
 def test_explanation_gates_what_the_classifier_sees() -> None:
@@ -81,7 +139,7 @@ def test_gate_with_lungs_removes_everything_outside_the_lungs() -> None:
     assert float(gate[..., :10, :].max()) < 1e-6 and float(gate[..., 10:30, 10:30].min()) > 0.99
     out = net.eval()(x)
     outside = out.lung_logits <= 0  # the predicted lung fields are where the probability exceeds 0.5
-    assert outside.any() and float(out.explanation[outside].abs().max()) == 0.0
+    assert outside.any() and float(out.explanation.detach()[outside].abs().max()) == 0.0
 
 
 def test_size_not_divisible_by_32_says_how_to_pad() -> None:

@@ -17,6 +17,7 @@ from PIL import Image
 import cxrnet.report.overlay as overlay
 from cxrnet.inference import Prediction
 from cxrnet.provenance import SYNTHETIC_CAVEAT
+from cxrnet.report import drawing
 from cxrnet.report.overlay import MAX_CAVEATS, overlay_figure, render_overlay
 from cxrnet.severity import assess_severity
 
@@ -248,7 +249,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(
 
 @pytest.fixture
 def no_matplotlib_fonts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    caches = (overlay._font_file, overlay._glyphs, overlay._bar_tile, overlay._note_tile)
+    caches = (drawing._font_file, drawing._glyphs, drawing.bar_tile, drawing.note_tile)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     for cache in caches:
         cache.cache_clear()
@@ -259,5 +260,5 @@ def no_matplotlib_fonts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.usefixtures("no_matplotlib_fonts")
 def test_without_matplotlib_fonts_the_default_font_is_used(tmp_path: Path) -> None:
-    assert overlay._font(overlay._TITLE) is overlay._font(overlay._TITLE)  # loaded once
+    assert drawing.font_of(drawing.TITLE_STYLE) is drawing.font_of(drawing.TITLE_STYLE)  # loaded once
     assert panels(png(tmp_path, prediction()))[0].shape[:2] == (128, 112)

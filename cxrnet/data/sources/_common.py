@@ -11,10 +11,11 @@ import csv
 import io
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrnet.data.images import find_images
 from cxrnet.data.records import Record
 
 ON_UNKNOWN_LABEL = ("error", "exclude")
@@ -212,3 +213,54 @@ def split_suffix_label(stem: str) -> tuple[str, str]:
     """Split ``MCUCXR_0001_0`` into patient id ``MCUCXR_0001`` and raw label ``0`` (``""`` when absent)."""
     head, sep, tail = stem.rpartition("_")
     return (head, tail) if sep else (stem, "")
+
+
+def read_suffix_labelled(
+    root: Path,
+    source: str,
+    layout: str,
+    mapper: LabelMapper,
+    lung_masks: Callable[[Path], tuple[Path, ...] | None],
+) -> tuple[SourceResult, int]:
+    """Read ``<root>/CXR_png/<patient>_<label>.png``, the layout of the Montgomery and Shenzhen sets.
+
+    Args:
+        root: the dataset folder.
+        source: the reader's name, for records and messages.
+        layout: the expected layout, for messages.
+        mapper: file-name suffix → canonical class.
+        lung_masks: an image path → its lung-mask files, or ``None`` when they are not all there (the
+            record then gets no lung mask).
+
+    Returns:
+        The result (its ``excluded`` holds the mapper's exclusions) and how many images got no lung mask.
+
+    Raises:
+        FileNotFoundError: ``CXR_png`` is missing, or holds no usable image.
+    """
+    require_dir(root / "CXR_png", source, layout)
+    result = SourceResult(source)
+    unmasked = 0
+    for path in find_images(root / "CXR_png", recursive=False):
+        patient_id, raw = split_suffix_label(path.stem)
+        label = mapper(raw, path)
+        if label is None:
+            continue
+        masks = lung_masks(path)
+        unmasked += masks is None
+        result.records.append(
+            Record(
+                path=str(path),
+                patient_id=patient_id,
+                source=source,
+                label=label,
+                raw_label=raw,
+                lung_mask=tuple(str(m) for m in masks or ()),
+            )
+        )
+    result.excluded += mapper.excluded
+    if not result.records:
+        raise FileNotFoundError(
+            f"{source}: no usable images in {root / 'CXR_png'}\nexpected layout:\n{layout}"
+        )
+    return result, unmasked

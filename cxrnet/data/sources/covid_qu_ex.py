@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cxrnet.data.io import find_images
+from cxrnet.data.images import find_images
 from cxrnet.data.records import Record
 from cxrnet.data.sources._common import LabelMapper, SourceResult, as_root, check_choice
 

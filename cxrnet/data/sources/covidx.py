@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cxrnet.data.io import IMAGE_SUFFIXES
+from cxrnet.data.images import IMAGE_SUFFIXES
 from cxrnet.data.records import Record
 from cxrnet.data.sources._common import (
     ON_MISSING,

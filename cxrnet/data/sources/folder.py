@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cxrnet.data.io import find_images
+from cxrnet.data.images import find_images
 from cxrnet.data.records import Record
 from cxrnet.data.sources._common import (
     ON_MISSING,

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
-from cxrnet.data.io import find_images
-from cxrnet.data.records import Record
-from cxrnet.data.sources._common import LabelMapper, SourceResult, as_root, require_dir, split_suffix_label
+from cxrnet.data.sources._common import LabelMapper, SourceResult, as_root, read_suffix_labelled
 
 SOURCE = "montgomery"
 
@@ -49,35 +48,19 @@ def read(
         FileNotFoundError: ``CXR_png`` is missing or empty.
     """
     root = as_root(root)
-    require_dir(root / "CXR_png", SOURCE, LAYOUT)
     mapper = LabelMapper(SOURCE, DEFAULT_LABEL_MAP if label_map is None else label_map, on_unknown_label)
-    result = SourceResult(SOURCE)
     half_masked = 0
-    for path in find_images(root / "CXR_png", recursive=False):
-        patient_id, raw = split_suffix_label(path.stem)
-        label = mapper(raw, path)
-        if label is None:
-            continue
-        masks = [root / "ManualMask" / side / path.name for side in ("leftMask", "rightMask")]
+
+    def lung_masks(path: Path) -> tuple[Path, ...] | None:
+        nonlocal half_masked
+        masks = tuple(root / "ManualMask" / side / path.name for side in ("leftMask", "rightMask"))
         present = [m.is_file() for m in masks]
         half_masked += any(present) and not all(present)
-        result.records.append(
-            Record(
-                path=str(path),
-                patient_id=patient_id,
-                source=SOURCE,
-                label=label,
-                raw_label=raw,
-                lung_mask=tuple(str(m) for m in masks) if all(present) else (),
-            )
-        )
-    result.excluded += mapper.excluded
+        return masks if all(present) else None
+
+    result, _ = read_suffix_labelled(root, SOURCE, LAYOUT, mapper, lung_masks)
     if half_masked:
         result.notes.append(
             f"{half_masked} images have only one of the two lung masks; they get no lung mask"
-        )
-    if not result.records:
-        raise FileNotFoundError(
-            f"{SOURCE}: no usable images in {root / 'CXR_png'}\nexpected layout:\n{LAYOUT}"
         )
     return result

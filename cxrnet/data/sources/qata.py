@@ -10,7 +10,7 @@ COVID-19 (raw label ``"covid"``); all others belong to the control group (raw la
 
 Control images are COVID-19 negatives, so an absent mask file for a control image means its infection
 mask is known to be empty: such records carry ``meta["infection_mask_empty"] = True`` and
-:func:`cxrnet.data.io.load_record` gives them an all-zero infection mask (supervision, not a guess).
+:func:`cxrnet.data.items.load_record` gives them an all-zero infection mask (supervision, not a guess).
 A COVID-19 image without a mask gets no infection mask (unknown) and is counted in the notes.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from cxrnet.data.io import find_images
+from cxrnet.data.images import find_images
 from cxrnet.data.records import Record
 from cxrnet.data.sources._common import LabelMapper, SourceResult, as_root
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
-from cxrnet.data.io import find_images
-from cxrnet.data.records import Record
-from cxrnet.data.sources._common import LabelMapper, SourceResult, as_root, require_dir, split_suffix_label
+from cxrnet.data.sources._common import LabelMapper, SourceResult, as_root, read_suffix_labelled
 
 SOURCE = "shenzhen"
 
@@ -48,32 +47,13 @@ def read(
         FileNotFoundError: ``CXR_png`` is missing or empty.
     """
     root = as_root(root)
-    require_dir(root / "CXR_png", SOURCE, LAYOUT)
     mapper = LabelMapper(SOURCE, DEFAULT_LABEL_MAP if label_map is None else label_map, on_unknown_label)
-    result = SourceResult(SOURCE)
-    unmasked = 0
-    for path in find_images(root / "CXR_png", recursive=False):
-        patient_id, raw = split_suffix_label(path.stem)
-        label = mapper(raw, path)
-        if label is None:
-            continue
+
+    def lung_masks(path: Path) -> tuple[Path, ...] | None:
         mask = root / mask_dir / f"{path.stem}_mask.png"
-        unmasked += not mask.is_file()
-        result.records.append(
-            Record(
-                path=str(path),
-                patient_id=patient_id,
-                source=SOURCE,
-                label=label,
-                raw_label=raw,
-                lung_mask=(str(mask),) if mask.is_file() else (),
-            )
-        )
-    result.excluded += mapper.excluded
+        return (mask,) if mask.is_file() else None
+
+    result, unmasked = read_suffix_labelled(root, SOURCE, LAYOUT, mapper, lung_masks)
     if unmasked:
         result.notes.append(f"{unmasked} images have no lung mask in {root / mask_dir}")
-    if not result.records:
-        raise FileNotFoundError(
-            f"{SOURCE}: no usable images in {root / 'CXR_png'}\nexpected layout:\n{LAYOUT}"
-        )
     return result

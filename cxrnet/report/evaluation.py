@@ -1,7 +1,7 @@
 """Figures and the Markdown / HTML report of an evaluation (``python -m cxrnet.evaluate``).
 
-:func:`write_plots` draws every figure from a :class:`~.collect.Collected`; :func:`build_report` lays out the
-metrics, their intervals, the figures and the run's provenance with :mod:`cxrnet.report`. matplotlib is
+:func:`write_plots` draws every figure from a :class:`~cxrnet.evaluation.results.Collected`; :func:`build_report`
+lays out the metrics, their intervals, the figures and the run's provenance with :mod:`.writer`. matplotlib is
 imported only when figures are drawn.
 """
 
@@ -17,8 +17,8 @@ from scipy.special import softmax
 
 from cxrnet.evaluation.bootstrap import CI
 from cxrnet.evaluation.classification import confusion_matrix
-from cxrnet.evaluation.collect import MASKS, Collected
-from cxrnet.evaluation.summary import probabilities, severity_pairs
+from cxrnet.evaluation.results import MASKS, Collected
+from cxrnet.evaluation.summary import CLASSIFICATION_HEADLINE, probabilities, severity_pairs
 from cxrnet.leakage import NOT_CHECKED
 from cxrnet.provenance import HEADS, head_training
 from cxrnet.report.writer import Figure, Section, Table, format_value, write_report
@@ -116,12 +116,7 @@ def _route_output(route: str, reference: str) -> str:
 
 
 _HEADLINE = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro/sensitivity",
-    "macro/specificity",
-    "macro/f1",
-    "macro/auroc",
+    *CLASSIFICATION_HEADLINE,
     "macro/average_precision",
     "ece",
     "ece_uncalibrated",

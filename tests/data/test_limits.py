@@ -17,9 +17,11 @@ import pytest
 from bombs import BOMB_SIDE, bomb_png, deflated_dicom, deflated_dicom_bomb, lying_dicom
 from PIL import Image
 
-from cxrnet.data import io
+from cxrnet.data import limits, raster
 from cxrnet.data.build import SourceSpec, build_splits
-from cxrnet.data.io import MAX_IMAGE_PIXELS_ENV, ImageReadError, max_image_pixels, read_image, read_mask
+from cxrnet.data.dicom import is_dicom
+from cxrnet.data.images import MAX_IMAGE_PIXELS_ENV, ImageReadError, max_image_pixels, read_image
+from cxrnet.data.masks import read_mask
 
 from fixtures import gray, save, write_dicom
 
@@ -51,7 +53,7 @@ def test_the_limit_comes_from_argument_then_environment_then_constant(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = save(tmp_path / "a.png", np.zeros((40, 50), np.uint8))
-    assert max_image_pixels() == io.MAX_IMAGE_PIXELS
+    assert max_image_pixels() == limits.MAX_IMAGE_PIXELS
     assert read_image(path, max_pixels=2000).shape == (40, 50)  # exactly at the limit is fine
     with pytest.raises(ImageReadError, match="40x50"):
         read_image(path, max_pixels=1999)
@@ -63,7 +65,7 @@ def test_the_limit_comes_from_argument_then_environment_then_constant(
     with pytest.raises(ValueError, match=MAX_IMAGE_PIXELS_ENV):
         read_image(path)
     monkeypatch.delenv(MAX_IMAGE_PIXELS_ENV)
-    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 1999)
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 1999)
     with pytest.raises(ImageReadError, match="1999 pixels"):
         read_image(path)
 
@@ -133,7 +135,7 @@ def test_a_fifo_is_refused_instead_of_blocking(tmp_path: Path) -> None:
         read_image(fifo)
     fifo_dcm = tmp_path / "IM0001"
     os.mkfifo(fifo_dcm)
-    assert not io.is_dicom(fifo_dcm)
+    assert not is_dicom(fifo_dcm)
 
 
 def test_a_decoder_crash_of_any_type_becomes_an_image_read_error(
@@ -145,7 +147,7 @@ def test_a_decoder_crash_of_any_type_becomes_an_image_read_error(
         raise struct_error("unpack requires a buffer of 4 bytes")
 
     struct_error = __import__("struct").error
-    monkeypatch.setattr(io, "_pil_to_raster", explode)
+    monkeypatch.setattr(raster, "_pil_to_raster", explode)
     with pytest.raises(ImageReadError, match=r"decoder failed \(error: unpack") as caught:
         read_image(path)
     assert caught.value.path == str(path)
@@ -226,7 +228,7 @@ def full_size_bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 _MEASURE = """
 import json, sys
-from cxrnet.data.io import ImageReadError, read_image
+from cxrnet.data.images import ImageReadError, read_image
 
 def peak_mb():
     # VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, inherited at fork).
@@ -260,7 +262,10 @@ def test_full_size_hostile_files_are_refused_in_bounded_memory(
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["error"] is not None and outcome["path"] == str(path)
     if kind != "lying dicom":
-        assert f"{BOMB_SIDE}x{BOMB_SIDE}" in outcome["error"] and str(io.MAX_IMAGE_PIXELS) in outcome["error"]
+        assert (
+            f"{BOMB_SIDE}x{BOMB_SIDE}" in outcome["error"]
+            and str(limits.MAX_IMAGE_PIXELS) in outcome["error"]
+        )
     # Decoded, the bombs would need 0.2-1.2 GB (stored pixels) and several GB as float; refused from the
     # header, the reader stays near its import footprint (pydicom's import adds ~20 MB).
     assert outcome["peak_mb"] < 150, outcome

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrnet.data.io import ImageReadError, _min_max, read_image
+from cxrnet.data.images import ImageReadError, read_image
+from cxrnet.data.raster import min_max
 
 from fixtures import write_dicom
 
@@ -69,4 +70,4 @@ def test_infinities_in_a_float_tiff_become_its_finite_extremes(tmp_path: Path) -
 
 def test_float64_extremes_do_not_overflow_the_scaling() -> None:
     values = np.array([[-1.7e308, 0.0, 1.7e308]])
-    assert np.allclose(_min_max(values), [[0.0, 0.5, 1.0]])
+    assert np.allclose(min_max(values), [[0.0, 0.5, 1.0]])

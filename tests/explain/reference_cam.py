@@ -1,20 +1,13 @@
-"""Grad-CAM and Grad-CAM++ on encoder 2, the classifier of CXRNet.
+"""Hand-written Grad-CAM and Grad-CAM++: the test oracle for the library-backed explainers.
 
-An explainer wraps a network and names a layer (as in MONAI's ``visualize.class_activation_maps`` and
-``pytorch-grad-cam``). The network needs the interface of :class:`~cxrnet.models.CXRNet`:
-``gated_input(x) -> B×1×H×W`` (the image as encoder 2 sees it), ``forward_features(gated) -> B×F×h×w`` and
-``forward_heads(features) -> Heads(class_logits, severity)``.
-
-The class score is differentiated along the *gated-input path* only: encoder 1 and the decoder run without
-gradients and produce the gated image exactly as ``CXRNet.forward`` does; encoder 2 and the heads then run on
-that image with gradients. Grad-CAM thus explains encoder 2's decision on what it saw, on equal terms with
-the native map. Gradients are taken with ``torch.autograd.grad`` w.r.t. the layer's activations, so no
-``.grad`` is written to any parameter and frozen weights work too.
+cxrnet's explainers come from pytorch-grad-cam (:mod:`cxrnet.explain.cams`); these independent
+implementations of the two papers' formulas check that the wrapping explains the same thing.
+Gradients are taken with ``torch.autograd.grad`` w.r.t. the layer's activations, so no ``.grad`` is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,31 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrnet.explain.layers import ClassIndex, gated_input, resolve_layer
 from cxrnet.explain.native import eval_mode, normalize_per_image
-
-ClassIndex = int | Sequence[int] | torch.Tensor | None
-
-
-def gated_input(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The B×1×H×W image as encoder 2 sees it (:meth:`CXRNet.gated_input`), without gradients."""
-    with torch.no_grad():
-        return net.gated_input(images)
-
-
-def resolve_layer(net: nn.Module, layer: nn.Module | str) -> nn.Module:
-    """A submodule of ``net`` given as a module or a dotted name (``"classifier_encoder.model.blocks.5"``)."""
-    if isinstance(layer, nn.Module):
-        if not any(module is layer for module in net.modules()):
-            raise ValueError(f"target layer {type(layer).__name__} is not a submodule of the network")
-        return layer
-    try:
-        return net.get_submodule(layer)
-    except AttributeError as err:
-        names = [name for name, _ in net.named_modules() if name.startswith("classifier_encoder")][:12]
-        raise ValueError(
-            f"no layer {layer!r} in the network ({err}); name a module of encoder 2, e.g. one of {names} "
-            "(list them with [n for n, _ in net.named_modules()]), or pass target_layer=None for its deepest stage"
-        ) from err
 
 
 def _last_tensor(output: Any) -> torch.Tensor:

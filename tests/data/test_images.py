@@ -1,4 +1,4 @@
-"""Image and mask reading: every layout round-trips its values, every broken file names itself."""
+"""Image reading: every layout round-trips its values, every broken file names itself."""
 
 from __future__ import annotations
 
@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrnet.data.io import (
-    IMAGE_SUFFIXES,
-    ImageReadError,
-    find_images,
-    load_record,
-    mask_problems,
-    read_image,
-    read_mask,
-)
-from cxrnet.data.records import Record
+from cxrnet.data.images import IMAGE_SUFFIXES, ImageReadError, find_images, read_image
 
-from fixtures import SHAPE, box_mask, gray, save, write_dicom
+from fixtures import SHAPE, gray, save, write_dicom
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -179,92 +170,6 @@ def test_multipage_tiff_is_refused(tmp_path: Path) -> None:
     pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
     with pytest.raises(ImageReadError, match="3 frames"):
         read_image(tmp_path / "stack.tif")
-
-
-# ------------------------------------------------------------------------------------------- masks
-
-
-@pytest.mark.parametrize("on", [255, 1])
-def test_binary_masks_read_exactly(tmp_path: Path, on: int) -> None:
-    pixels = box_mask(slice(2, 5), slice(3, 9), on=on)
-    mask = read_mask(save(tmp_path / "m.png", pixels), shape=SHAPE)
-    assert mask.dtype == bool
-    np.testing.assert_array_equal(mask, pixels > 0)
-
-
-def test_rgb_mask_is_any_channel(tmp_path: Path) -> None:
-    pixels = np.zeros((*SHAPE, 3), np.uint8)
-    pixels[1, 1, 0] = 255
-    pixels[2, 2, 2] = 255
-    mask = read_mask(save(tmp_path / "m.png", pixels))
-    assert mask.sum() == 2 and mask[1, 1] and mask[2, 2]
-
-
-def test_non_binary_mask_is_thresholded_and_reported(tmp_path: Path) -> None:
-    pixels = box_mask(slice(2, 10), slice(3, 12))
-    path = save(tmp_path / "m.jpg", pixels, quality=60)
-    assert len(np.unique(np.asarray(Image.open(path)))) > 2  # JPEG added intermediate values
-    mask = read_mask(path)
-    assert np.mean(mask == (pixels > 0)) > 0.95
-    with pytest.raises(ImageReadError, match="distinct values"):
-        read_mask(path, strict=True)
-    problems = mask_problems(path, SHAPE)
-    assert len(problems) == 1 and "distinct values; expected binary" in problems[0]
-
-
-def test_mask_size_mismatch_names_both_sizes(tmp_path: Path) -> None:
-    path = save(tmp_path / "m.png", np.zeros((10, 12), np.uint8))
-    with pytest.raises(ImageReadError, match="mask 10x12 differs from image 20x24") as info:
-        read_mask(path, shape=SHAPE)
-    assert str(path) in str(info.value)
-    assert mask_problems(path, SHAPE) == [info.value.reason]
-    assert mask_problems(save(tmp_path / "ok.png", np.zeros(SHAPE, np.uint8)), SHAPE) == []
-
-
-# ----------------------------------------------------------------------------------------- records
-
-
-def test_load_record_unions_lung_masks_and_fills_meta(tmp_path: Path) -> None:
-    image = save(tmp_path / "x.png", gray(0))
-    left = save(tmp_path / "l.png", box_mask(slice(0, 5), slice(0, 5)))
-    right = save(tmp_path / "r.png", box_mask(slice(10, 15), slice(10, 15)))
-    infection = save(tmp_path / "i.png", box_mask(slice(1, 3), slice(1, 3)))
-    record = Record(
-        path=str(image),
-        patient_id="P7",
-        source="demo",
-        label="covid19",
-        lung_mask=(str(left), str(right)),
-        infection_mask=str(infection),
-        severity={"brixia": 4.0},
-        meta={"view": "PA"},
-    )
-    item = load_record(record)
-    assert item.image.shape == SHAPE and item.lung_mask.sum() == 50 and item.infection_mask.sum() == 4
-    assert item.label == "covid19" and item.severity == {"brixia": 4.0}
-    assert item.meta["path"] == str(image) and item.meta["patient_id"] == "P7"
-    assert item.meta["source"] == "demo" and item.meta["view"] == "PA"
-
-
-def test_load_record_absent_masks_and_known_empty_infection(tmp_path: Path) -> None:
-    image = str(save(tmp_path / "x.png", gray(0)))
-    item = load_record(Record(path=image, patient_id="p", source="s"))
-    assert item.lung_mask is None and item.infection_mask is None
-    item = load_record(Record(path=image, patient_id="p", source="s", meta={"infection_mask_empty": True}))
-    assert (
-        item.infection_mask is not None
-        and item.infection_mask.shape == SHAPE
-        and not item.infection_mask.any()
-    )
-
-
-def test_load_record_refuses_a_mask_of_another_size(tmp_path: Path) -> None:
-    image = str(save(tmp_path / "x.png", gray(0)))
-    mask = str(save(tmp_path / "m.png", np.zeros((8, 8), np.uint8)))
-    with pytest.raises(ImageReadError, match="differs from image"):
-        load_record(Record(path=image, patient_id="p", source="s", lung_mask=(mask,)))
-    problems = mask_problems(mask, read_image(image).shape)  # what cxrnet.data.check lists for it
-    assert len(problems) == 1 and "differs from image" in problems[0]
 
 
 # --------------------------------------------------------------------------------------- discovery
