@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 import cxrnet.predict
 from cxrnet.data.phantoms import write_phantom_folder
 from cxrnet.inference import SyntheticTrainingWarning
-from cxrnet.predict import UNTRAINED, csv_columns, load_finished, overlay_names, predict, resolve_inputs
+from cxrnet.predict import predict
+from cxrnet.predict_files import UNTRAINED, csv_columns, load_finished, overlay_names, resolve_inputs
 from cxrnet.provenance import SYNTHETIC_CAVEAT
 
 from inference_helpers import (

@@ -24,7 +24,8 @@ import cxrnet.output_lock
 from cxrnet.data.images import ImageReadError
 from cxrnet.inference import load_model
 from cxrnet.output_lock import LOCK_NAME, OutputFolderBusyError, OutputFolderError, locked_output_folder
-from cxrnet.predict import predict, resolve_inputs
+from cxrnet.predict import predict
+from cxrnet.predict_files import resolve_inputs
 
 from inference_helpers import radiograph, tiny_checkpoint, write_png
 
