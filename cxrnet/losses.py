@@ -6,7 +6,7 @@ sees every parameter used), never NaN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,17 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "lung": 1.0,
     "infection": 1.0,
     "cls": 1.0,
+    "cls_ungated": 0.0,
     "severity": 0.5,
     "explanation_area": 0.05,
     "explanation_smoothness": 0.05,
+    "explanation_guidance": 0.0,
     "deletion": 0.0,
 }
+
+
+#: The terms that shape the explanation map, ramped in by ``explanation_warmup``.
+WARMED_UP = ("explanation_area", "deletion")
 
 
 def _zero_like(t: torch.Tensor) -> torch.Tensor:
@@ -80,6 +86,19 @@ def severity_loss(pred: torch.Tensor, target: torch.Tensor, scales: torch.Tensor
     return F.smooth_l1_loss(diff[present], torch.zeros_like(diff[present]), beta=0.1)
 
 
+def soft_dice_bce(
+    prob: torch.Tensor, target: torch.Tensor, present: torch.Tensor, smooth: float = 1.0
+) -> torch.Tensor:
+    """:func:`dice_bce_loss` for B×1×H×W probabilities (a map that is already a probability, e.g. the gate)."""
+    if not bool(present.any()):
+        return _zero_like(prob)
+    prob, target = prob[present].float().clamp(1e-6, 1 - 1e-6), target[present].float()
+    bce = F.binary_cross_entropy(prob, target)
+    intersection = (prob * target).sum(dim=(1, 2, 3))
+    dice = (2 * intersection + smooth) / (prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + smooth)
+    return bce + (1 - dice).mean()
+
+
 def total_variation(maps: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels of B×1×H×W maps (a smoothness penalty)."""
     dy = (maps[..., 1:, :] - maps[..., :-1, :]).abs().mean()
@@ -95,6 +114,13 @@ class MultiTaskLoss(nn.Module):
             ``train.yaml`` gives), keeps its default.
         label_smoothing: for the classification cross-entropy.
         focal_gamma: > 0 switches classification to focal loss.
+        explanation_warmup: fraction of training over which the weights of the terms that shape the map
+            (``explanation_area``, ``deletion``) ramp linearly from 0 to their value, so that the gate closes
+            only once the classes are learned; 0 applies them from the first step. Needs :attr:`progress`
+            (the module sets it every training step).
+        deletion_exempt: class names the deletion term skips: classes without localised evidence (e.g.
+            ``normal``), whose image keeps its class whatever a map removes. Bound to class indices by
+            :meth:`bind_classes` (the module does it); names not in the model's classes are ignored.
     """
 
     def __init__(
@@ -102,6 +128,8 @@ class MultiTaskLoss(nn.Module):
         weights: Mapping[str, float] | None = None,
         label_smoothing: float = 0.0,
         focal_gamma: float = 0.0,
+        explanation_warmup: float = 0.0,
+        deletion_exempt: Sequence[str] = (),
     ) -> None:
         super().__init__()
         weights = dict(weights or {})
@@ -111,6 +139,18 @@ class MultiTaskLoss(nn.Module):
         self.weights = {**DEFAULT_WEIGHTS, **{k: v for k, v in weights.items() if v is not None}}
         self.label_smoothing = label_smoothing
         self.focal_gamma = focal_gamma
+        if not 0.0 <= explanation_warmup <= 1.0:
+            raise ValueError(
+                f"explanation_warmup must be a fraction of training in [0, 1], got {explanation_warmup}"
+            )
+        self.explanation_warmup = float(explanation_warmup)
+        self.progress = 1.0  # fraction of training done; evaluation uses the full weights
+        self.deletion_exempt = tuple(deletion_exempt)
+        self._exempt_indices: tuple[int, ...] = ()
+
+    def bind_classes(self, classes: Sequence[str]) -> None:
+        """Resolve :attr:`deletion_exempt` to indices of ``classes`` (the model's class order)."""
+        self._exempt_indices = tuple(i for i, name in enumerate(classes) if name in self.deletion_exempt)
 
     def forward(
         self,
@@ -118,6 +158,7 @@ class MultiTaskLoss(nn.Module):
         batch: Mapping[str, torch.Tensor],
         severity_scales: torch.Tensor | None = None,
         deletion_logits: torch.Tensor | None = None,
+        ungated_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-term losses and their weighted ``total``.
 
@@ -127,6 +168,8 @@ class MultiTaskLoss(nn.Module):
             severity_scales: K scales that make severity errors comparable across scores (default 1).
             deletion_logits: class logits for the image with the explanation removed, when the deletion term
                 is on: the true class should become unlikely once its evidence is gone.
+            ungated_logits: class logits for the lung fields without the explanation gate, when the
+                ``cls_ungated`` term is on (:meth:`cxrnet.models.CXRNet.ungated_logits`).
 
         Returns:
             dict of scalar tensors, one per term, plus ``total``.
@@ -145,17 +188,34 @@ class MultiTaskLoss(nn.Module):
             "explanation_area": out.explanation.mean(),
             "explanation_smoothness": total_variation(out.explanation),
         }
+        if self.weights["explanation_guidance"] > 0:
+            # where the data says where the disease is, the map is asked to be there (Dice + BCE against the
+            # infection mask, normal images included: their empty mask asks for a closed gate)
+            terms["explanation_guidance"] = soft_dice_bce(
+                out.explanation, batch["infection_mask"], batch["has_infection_mask"]
+            )
         if out.severity is not None:
             if severity_scales is None:
                 severity_scales = torch.ones(out.severity.shape[1], device=out.severity.device)
             terms["severity"] = severity_loss(out.severity, batch["severity"], severity_scales)
+        if ungated_logits is not None:
+            terms["cls_ungated"] = classification_loss(
+                ungated_logits,
+                batch["label"],
+                label_smoothing=self.label_smoothing,
+                focal_gamma=self.focal_gamma,
+            )
         if deletion_logits is not None:
             labels = batch["label"]
             present = labels >= 0
+            for index in self._exempt_indices:
+                present = present & (labels != index)
             if bool(present.any()):
                 p_true = F.softmax(deletion_logits[present], dim=1).gather(1, labels[present, None])
                 terms["deletion"] = p_true.mean()
             else:
                 terms["deletion"] = _zero_like(deletion_logits)
-        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
+        ramp = 1.0 if self.explanation_warmup <= 0 else min(1.0, self.progress / self.explanation_warmup)
+        weights = {**self.weights, **{name: self.weights[name] * ramp for name in WARMED_UP}}
+        terms["total"] = sum(weights[name] * value for name, value in terms.items())
         return terms

@@ -8,6 +8,7 @@ Checkpoints carry everything needed to rebuild the network without the original 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,6 +79,7 @@ class CXRNetModule(pl.LightningModule):
         self.channels_last = bool(channels_last)
         self.net = net
         self.loss = loss or MultiTaskLoss()
+        self.loss.bind_classes(net.classes)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.preprocessing = preprocessing or Preprocessing()
@@ -94,11 +96,15 @@ class CXRNetModule(pl.LightningModule):
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         out = self.net(batch["image"])
-        deletion_logits = None
+        deletion_logits = ungated_logits = None
         if self.loss.weights["deletion"] > 0:
-            deletion_logits = self.net.deletion_logits(batch["image"], out.explanation)
+            deletion_logits = self.net.deletion_logits(batch["image"], out.explanation, out.lung_logits)
+        if self.loss.weights["cls_ungated"] > 0:
+            ungated_logits = self.net.ungated_logits(batch["image"], out.lung_logits)
         scales = self.net.severity_head.scales if self.net.severity_head is not None else None
-        terms = self.loss(out, batch, severity_scales=scales, deletion_logits=deletion_logits)
+        terms = self.loss(
+            out, batch, severity_scales=scales, deletion_logits=deletion_logits, ungated_logits=ungated_logits
+        )
         batch_size = batch["image"].shape[0]
         self.log_dict(
             {
@@ -118,7 +124,13 @@ class CXRNetModule(pl.LightningModule):
         return terms["total"]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        if total and math.isfinite(total):
+            self.loss.progress = min(1.0, self.global_step / total)
+        try:
+            return self._shared_step(batch, "train")
+        finally:
+            self.loss.progress = 1.0  # validation and test weigh the terms fully
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "val")

@@ -67,3 +67,20 @@ def test_unknown_section_is_refused_with_the_valid_names(tmp_path: Path) -> None
     assert job.returncode == 2
     assert "P9" in job.stderr and "P1, P2, P3, P4, P5, ref" in job.stderr
     assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_explain_speed_writes_every_method_and_its_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "explain.json"
+    script = SCRIPT.parent / "explain_speed.py"
+    command = [sys.executable, str(script), "--size", "64", "--batch", "2", "--rounds", "1"]
+    subprocess.run(
+        [*command, "--methods", "native,gradcam", "--out", str(out)], check=True, capture_output=True
+    )
+    result = json.loads(out.read_text())
+    assert set(result["arms"]) == {"forward", "forward+backward", "native", "gradcam"}
+    assert set(result["ratios"]) == {"native/forward", "gradcam/forward+backward"}
+    assert all(r["ratio"]["median"] > 0 for r in result["ratios"].values())
+    assert result["machine"]["torch_threads"] >= 1 and result["settings"]["layers"]["gradcam"].startswith(
+        "classifier_encoder"
+    )

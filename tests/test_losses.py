@@ -100,6 +100,66 @@ def test_deletion_term_rewards_removing_the_evidence() -> None:
     assert abs(float(loss(out, batch, deletion_logits=uncertain)["deletion"]) - 0.25) < 1e-6
 
 
+def test_deletion_term_skips_the_exempt_classes() -> None:
+    out, batch = _output(requires_grad=False), _batch()  # labels 0, 1, -1, 3
+    logits = torch.zeros(4, 4)
+    logits[0, 0] = logits[1, 1] = logits[3, 3] = 10.0  # confident on every labelled item
+    logits[3] = 0.0  # uncertain on the item of class 3
+    loss = MultiTaskLoss({"deletion": 1.0}, deletion_exempt=["normal"])
+    loss.bind_classes(["normal", "b", "c", "d"])  # class 0, the first item's, is exempt
+    expected = (torch.softmax(logits[1], 0)[1] + 0.25) / 2
+    torch.testing.assert_close(loss(out, batch, deletion_logits=logits)["deletion"], expected)
+    loss.bind_classes(["a", "b", "c", "d"])  # no class called normal: nothing exempt
+    assert float(loss(out, batch, deletion_logits=logits)["deletion"]) > float(expected)
+
+
+def test_explanation_terms_ramp_in_over_the_warmup() -> None:
+    out, batch = _output(requires_grad=False), _batch()
+    logits = torch.zeros(4, 4)
+    loss = MultiTaskLoss({"deletion": 1.0, "explanation_area": 2.0}, explanation_warmup=0.5)
+    full = MultiTaskLoss({"deletion": 1.0, "explanation_area": 2.0})(out, batch, deletion_logits=logits)
+    shaping = 2.0 * full["explanation_area"] + full["deletion"]
+    for progress, share in ((0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.9, 1.0)):
+        loss.progress = progress
+        terms = loss(out, batch, deletion_logits=logits)
+        torch.testing.assert_close(terms["total"], full["total"] - (1 - share) * shaping)
+    try:
+        MultiTaskLoss(explanation_warmup=1.5)
+    except ValueError as err:
+        assert "explanation_warmup" in str(err)
+    else:
+        raise AssertionError("a warm-up longer than training accepted")
+
+
+def test_guidance_asks_the_map_to_match_the_infection_mask_where_there_is_one() -> None:
+    batch = {**_batch(), "has_infection_mask": torch.tensor([True, True, False, False])}
+    out = _output(requires_grad=False)
+    target = batch["infection_mask"]
+    matching = out._replace(explanation=target.clone())
+    loss = MultiTaskLoss({"explanation_guidance": 1.0})
+    assert "explanation_guidance" not in MultiTaskLoss()(out, batch)  # off by default
+    assert float(loss(matching, batch)["explanation_guidance"]) < 0.01
+    assert float(loss(out._replace(explanation=1 - target), batch)["explanation_guidance"]) > 5
+    # items without a mask never count: changing their map changes nothing
+    other = matching.explanation.clone()
+    other[2:] = 1 - other[2:]
+    torch.testing.assert_close(
+        loss(out._replace(explanation=other), batch)["explanation_guidance"],
+        loss(matching, batch)["explanation_guidance"],
+    )
+
+
+def test_ungated_term_is_the_classification_loss_of_the_ungated_view() -> None:
+    out, batch = _output(requires_grad=False), _batch()
+    logits = torch.randn(4, 4)
+    terms = MultiTaskLoss({"cls_ungated": 0.5})(out, batch, ungated_logits=logits)
+    labelled = batch["label"] >= 0
+    expected = torch.nn.functional.cross_entropy(logits[labelled], batch["label"][labelled])
+    torch.testing.assert_close(terms["cls_ungated"], expected)
+    without = MultiTaskLoss({"cls_ungated": 0.5})(out, batch)
+    torch.testing.assert_close(terms["total"] - without["total"], 0.5 * expected)
+
+
 def test_the_training_config_names_the_weights_and_the_loss_holds_their_values(tmp_path: Path) -> None:
     cfg = compose_train([], tmp_path)
     # every weight is named in train.yaml (so loss.weights.<name>=... overrides it), none given a value there
@@ -117,3 +177,50 @@ def test_checkpoints_record_the_weights_the_loss_used(tiny_train_cfg: Callable[.
     module = build_module(cfg, instantiate(cfg.data, _convert_="all"))
     stored = OmegaConf.create(module.extra_metadata["config"]).loss.weights
     assert OmegaConf.to_container(stored) == module.loss.weights == {**DEFAULT_WEIGHTS, "severity": 0.25}
+
+
+def test_the_module_adds_the_ungated_and_deletion_views_when_weighted() -> None:
+    from cxrnet.models import create_model
+    from cxrnet.module import CXRNetModule
+
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["a", "b", "c", "d"],
+        encoder="tu-mobilenetv3_small_100",
+        decoder_channels=[32, 24, 16, 16, 8],
+        gate_with_lungs=True,
+    )
+    batch = {**_batch(size=64), "image": torch.randn(4, 1, 64, 64), "severity": torch.zeros(4, 0)}
+    seen = {}
+    module = CXRNetModule(net, loss=MultiTaskLoss({"cls_ungated": 0.5, "deletion": 0.5}))
+    module.log_dict = lambda values, **_: seen.update(values)  # no Trainer here
+    total = module.training_step(batch, 0)
+    assert {"train/loss/cls_ungated", "train/loss/deletion"} <= set(seen)
+    total.backward()  # every view is part of one graph
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    seen.clear()
+    plain = CXRNetModule(net, loss=MultiTaskLoss())
+    plain.log_dict = lambda values, **_: seen.update(values)
+    plain.training_step(batch, 0)
+    assert "train/loss/cls" in seen and not {"train/loss/cls_ungated", "train/loss/deletion"} & set(seen)
+
+
+def test_the_module_tells_the_loss_how_far_training_is() -> None:
+    from types import SimpleNamespace
+
+    from cxrnet.models import create_model
+    from cxrnet.module import CXRNetModule
+
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["a", "b", "c", "d"], encoder="tu-mobilenetv3_small_100", decoder_channels=[32, 24, 16, 16, 8]
+    )
+    module = CXRNetModule(net, loss=MultiTaskLoss(explanation_warmup=0.5))
+    module.log_dict = lambda values, **_: None
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100, global_step=25)
+    seen = []
+    forward = module.loss.forward
+    module.loss.forward = lambda *a, **k: (seen.append(module.loss.progress), forward(*a, **k))[1]
+    batch = {**_batch(size=64), "image": torch.randn(4, 1, 64, 64), "severity": torch.zeros(4, 0)}
+    module.training_step(batch, 0)
+    assert seen == [0.25] and module.loss.progress == 1.0  # evaluation afterwards weighs the terms fully

@@ -16,6 +16,13 @@ Faithfulness, not just overlap: for every method, deletion and insertion curves
 most salient pixels are removed or revealed (``curve_steps`` steps), and the area under each
 (``deletion_auc``: lower is better; ``insertion_auc``: higher is better). ``curves=false`` skips them.
 
+A sanity check after Adebayo et al. (2018), ``sanity=true`` (default): each method also explains a copy of
+the model whose explained part has random weights (:func:`cxrnet.explain.sanity.randomised_copy`: encoder 2
+and its heads for the CAMs, encoder 1 and the decoder for the native map), and ``randomised_rank_correlation``
+is the mean Spearman correlation of the two maps per image: a map that explains the model, not the image,
+correlates weakly (near 0). A flat map counts as 0 against a map that is not flat, 1 against a flat one
+(:class:`cxrnet.explain.sanity.SanityResult`).
+
 The data's ``image_size``, ``mean``, ``std`` and ``classes`` are taken from the checkpoint, so the maps are
 computed on exactly the inputs the model was trained on; only the dataset has to be named.
 
@@ -51,6 +58,7 @@ from cxrnet.devices import autocast
 from cxrnet.explain import EXPLAINERS, get_explainer
 from cxrnet.explain.faithfulness import deletion_curve, insertion_curve
 from cxrnet.explain.metrics import explanation_scores
+from cxrnet.explain.sanity import randomised_copy, rank_correlation
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,14 @@ def _aggregate(rows: list[dict[str, float]]) -> dict[str, dict[str, float | int 
         finite = values[np.isfinite(values)]
         summary[key] = {"mean": float(finite.mean()) if finite.size else None, "n": int(finite.size)}
     return summary
+
+
+def _rank_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image Spearman correlation of B×H×W maps; a flat map scores 0 against a map that is not, 1 against
+    another flat one (as :class:`cxrnet.explain.sanity.SanityResult` counts them)."""
+    rho = rank_correlation(a, b).numpy()
+    flat_a, flat_b = (np.ptp(m.reshape(len(m), -1), axis=1) == 0 for m in (a, b))
+    return np.where(flat_a | flat_b, (flat_a & flat_b).astype(float), rho)
 
 
 def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
@@ -108,6 +124,13 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         )
     loader = DataLoader(Subset(dataset, with_mask), batch_size=int(cfg.batch_size), collate_fn=collate)
     explainers = {name: get_explainer(name, net) for name in methods}
+    randomised = {}
+    if bool(cfg.get("sanity", True)):
+        copies = {part: randomised_copy(net, part, seed=0) for part in ("explanation", "classifier")}
+        randomised = {
+            name: get_explainer(name, copies["explanation" if name == "native" else "classifier"])
+            for name in methods
+        }
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
     seconds = dict.fromkeys(methods, 0.0)
     empty = with_lungs = 0
@@ -152,6 +175,11 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
                         sums[name][kind] = sums[name].get(kind, 0) + total
                         fractions = result.fractions.cpu()
             maps_np = maps.cpu().numpy()
+            rho = None
+            if name in randomised:
+                with autocast(precision, device):
+                    other = randomised[name](images).float().cpu().numpy()
+                rho = _rank_agreement(maps_np, other)
             for i in keep:
                 shown[name].append(maps_np[i])
             for i, saliency in enumerate(maps_np):
@@ -161,6 +189,8 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
                 )
                 for kind, auc in faithful.items():
                     scores[f"{kind}_auc"] = float(auc[i])
+                if rho is not None:
+                    scores["randomised_rank_correlation"] = float(rho[i])
                 rows[name].append(scores)
 
     results: dict[str, Any] = {

@@ -5,11 +5,20 @@ explanation map ``e``. Encoder 2 classifies the image *gated* by ``e`` (and opti
 fields), so the class decision can only use what ``e`` keeps: trained with the classification loss plus an
 area and a smoothness penalty on ``e``, the map becomes a small region sufficient for the decision, learned
 from class labels alone.
+
+Two optional views make the map point at the evidence rather than at a shape the classifier learns to read
+(loss terms ``cls_ungated`` and ``deletion``, see :mod:`cxrnet.losses`): :meth:`CXRNet.ungated_logits`
+classifies the lung fields without the explanation gate, so encoder 2 must recognise the disease from the
+pixels; :meth:`CXRNet.deletion_logits` classifies the lung fields with the map's region removed, through a
+frozen encoder 2, so the map must cover *all* the evidence (a deletion objective, after Fong & Vedaldi 2017
+and Dabkowski & Gal 2017).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -171,19 +180,26 @@ class CXRNet(nn.Module):
         """Encoder 1 → decoder → B×3×H×W logits of (lung, infection, explanation)."""
         return self.segmentation_head(self.decoder(self.encoder(x)))
 
-    def gate_map(self, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
-        """The effective B×1×H×W gate: the explanation map, times the dilated lung fields with ``gate_with_lungs``.
+    def lung_gate(self, lung_logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """B×1×H×W: the dilated predicted lung fields (1 inside) with ``gate_with_lungs``, else all ones.
 
         The lung fields are where the lung head's probability exceeds 0.5, dilated by ``lung_dilation`` of the
-        image width; outside them the gate is exactly zero.
+        image width; the mask carries no gradient.
         """
         if not self.gate_with_lungs:
-            return explanation
+            return torch.ones_like(like)
         # The predicted lung fields as a hard mask (probability > 0.5), detached: the classifier must not be
         # able to redraw the lungs to suit itself, and soft probability tails outside the lungs would let
         # markers and borders through (measured on real films: a fifth of the gate's mass lay there).
-        lungs = (lung_logits.detach() > 0).to(explanation.dtype)
-        return explanation * soft_dilate(lungs, round(self.lung_dilation * int(explanation.shape[-1])))
+        lungs = (lung_logits.detach() > 0).to(like.dtype)
+        return soft_dilate(lungs, round(self.lung_dilation * int(like.shape[-1])))
+
+    def gate_map(self, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
+        """The effective B×1×H×W gate: the explanation map, times :meth:`lung_gate` with ``gate_with_lungs``
+        (outside the dilated lung fields the gate is then exactly zero)."""
+        if not self.gate_with_lungs:
+            return explanation
+        return explanation * self.lung_gate(lung_logits, explanation)
 
     def gate(self, x: torch.Tensor, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
         """The image as encoder 2 sees it: gated by the explanation (and the dilated lung fields)."""
@@ -200,14 +216,33 @@ class CXRNet(nn.Module):
         """The B×1×H×W image as encoder 2 sees it in :meth:`forward` (for explainers that wrap encoder 2)."""
         return apply_gate(x, self.maps(x)[2], self.gate_fill)
 
-    def deletion_logits(self, x: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
-        """Class logits of the image with the explanation's region removed (the gate ``1 - explanation``).
+    def ungated_logits(self, x: torch.Tensor, lung_logits: torch.Tensor) -> torch.Tensor:
+        """B×C class logits of encoder 2 on the lung fields without the explanation gate (:meth:`lung_gate`).
 
-        The deletion term of the loss asks these to lose the class: what the map points at must matter.
+        The ``cls_ungated`` loss term trains encoder 2 on this view too, so that it recognises the classes from
+        the pixels and cannot rely on the shape of the gate alone.
         """
         return self.forward_heads(
-            self.forward_features(apply_gate(x, 1 - explanation, self.gate_fill))
+            self.forward_features(apply_gate(x, self.lung_gate(lung_logits, x), self.gate_fill))
         ).class_logits
+
+    def deletion_logits(
+        self, x: torch.Tensor, explanation: torch.Tensor, lung_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """B×C class logits of the image with the explanation's region removed, through a frozen encoder 2.
+
+        The view keeps ``lung_gate - explanation`` (``1 - explanation`` without ``lung_logits``): the lung
+        fields minus what the map points at. Encoder 2 and its heads run in eval mode without parameter
+        gradients, so the ``deletion`` loss term (which asks these logits to lose the true class) trains only
+        the map, to cover all the evidence; it cannot teach the classifier to doubt images with a hole.
+        """
+        keep = (
+            1 - explanation if lung_logits is None else self.lung_gate(lung_logits, explanation) - explanation
+        )
+        with frozen(self.classifier_encoder, self.classification_head, self.severity_head):
+            return self.forward_heads(
+                self.forward_features(apply_gate(x, keep.clamp(0, 1), self.gate_fill))
+            ).class_logits
 
     def forward_features(self, gated: torch.Tensor) -> torch.Tensor:
         """Encoder 2 on a gated image: B×1×H×W → deepest feature map B×F×h×w."""
@@ -225,6 +260,26 @@ class CXRNet(nn.Module):
         lung_logits, infection_logits, explanation = self.maps(x)
         heads = self.forward_heads(self.forward_features(apply_gate(x, explanation, self.gate_fill)))
         return CXRNetOutput(lung_logits, infection_logits, explanation, heads.class_logits, heads.severity)
+
+
+@contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Run ``modules`` in eval mode without parameter gradients; restore both flags afterwards."""
+    present = [m for m in modules if m is not None]
+    modes = [m.training for m in present]
+    params = [p for m in present for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for m in present:
+            m.eval()
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, mode in zip(present, modes):
+            m.train(mode)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 def create_model(compile: bool = False, **config: Any) -> CXRNet:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -67,6 +68,9 @@ def test_every_method_gets_finite_scores(checkpoint: Path, tmp_path: Path) -> No
         # the same clean-image probability ends insertion and starts deletion
         assert scores["deletion_curve"][0] == pytest.approx(scores["insertion_curve"][-1], abs=1e-3)
         assert scores["images_per_second"] > 0
+        # the sanity check: a map of the model with random weights, compared rank by rank
+        rho = scores["randomised_rank_correlation"]
+        assert rho["n"] >= 1 and -1 <= rho["mean"] <= 1
     assert results["fractions"][0] == 0 and results["fractions"][-1] == 1
     assert json.loads((output_dir / "explanations.json").read_text()) == results
     assert sorted(p.name for p in output_dir.iterdir()) == [
@@ -82,10 +86,13 @@ def test_every_method_gets_finite_scores(checkpoint: Path, tmp_path: Path) -> No
     assert "del. AUC" in text and "ins. AUC" in text and "images/s" in text
 
 
-def test_curves_can_be_skipped(checkpoint: Path) -> None:
-    cfg = compose_explain(f"checkpoint={checkpoint}", "methods=[native]", "curves=false", *TINY_SPLIT)
+def test_curves_and_sanity_can_be_skipped(checkpoint: Path) -> None:
+    cfg = compose_explain(
+        f"checkpoint={checkpoint}", "methods=[native]", "curves=false", "sanity=false", *TINY_SPLIT
+    )
     scores = evaluate_explanations(cfg)["methods"]["native"]
     assert "deletion_auc" not in scores and "insertion_curve" not in scores
+    assert "randomised_rank_correlation" not in scores
 
 
 def test_unknown_method_lists_the_valid_ones(checkpoint: Path) -> None:
@@ -124,3 +131,13 @@ def test_cli_prints_the_table_and_writes_only_its_files(checkpoint: Path, tmp_pa
         "native",
         "gradcam",
     ]
+
+
+def test_rank_agreement_scores_flat_maps_like_the_sanity_checks() -> None:
+    from cxrnet.explain.evaluate import _rank_agreement
+
+    ramp = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 4, 4)
+    flat = np.zeros((1, 4, 4), dtype=np.float32)
+    assert _rank_agreement(ramp, ramp)[0] == pytest.approx(1.0)
+    assert _rank_agreement(ramp, 1 - ramp)[0] == pytest.approx(-1.0)
+    assert _rank_agreement(ramp, flat)[0] == 0.0 and _rank_agreement(flat, flat)[0] == 1.0

@@ -228,3 +228,51 @@ def test_one_gate_serves_forward_explainers_and_the_deletion_term() -> None:
         removed = net.forward_heads(net.forward_features(x * (1 - explanation))).class_logits
         torch.testing.assert_close(net.deletion_logits(x, explanation), removed)
         assert not torch.allclose(net.deletion_logits(x, explanation), out.class_logits)
+
+
+def test_deletion_view_trains_only_the_map_and_keeps_the_lung_fields() -> None:
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["a", "b"],
+        encoder="tu-mobilenetv3_small_100",
+        decoder_channels=[32, 24, 16, 16, 8],
+        gate_with_lungs=True,
+    ).train()
+    x = torch.randn(2, 1, 64, 64)
+    out = net(x)
+    lungs = net.lung_gate(out.lung_logits, x)
+    with torch.no_grad():  # the view is the lung fields minus the map, seen by encoder 2 in eval mode
+        net.classifier_encoder.eval()
+        net.classification_head.eval()
+        keep = (lungs - out.explanation).clamp(0, 1)
+        expected = net.forward_heads(net.forward_features(x * keep)).class_logits
+        net.train()
+    logits = net.deletion_logits(x, out.explanation, out.lung_logits)
+    torch.testing.assert_close(logits, expected)
+    assert net.classifier_encoder.training and net.classification_head.training  # modes restored
+    assert all(p.requires_grad for p in net.parameters())
+    logits[:, 0].sum().backward()
+    assert all(p.grad is None for p in net.classifier_encoder.parameters())
+    assert all(p.grad is None for p in net.classification_head.parameters())
+    head = next(net.segmentation_head.parameters())  # the map's gradient reaches the decoder's head
+    assert head.grad is not None and float(head.grad.abs().sum()) > 0
+
+
+def test_ungated_view_sees_the_lung_fields_without_the_map() -> None:
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["a", "b"], encoder="tu-mobilenetv3_small_100", decoder_channels=[32, 24, 16, 16, 8]
+    ).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        ungated = net.ungated_logits(x, out.lung_logits)
+        torch.testing.assert_close(ungated, net.forward_heads(net.forward_features(x)).class_logits)
+        assert not torch.allclose(ungated, out.class_logits)  # the gated view differs
+    net.gate_with_lungs = True
+    with torch.no_grad():
+        lungs = net.lung_gate(out.lung_logits, x)
+        torch.testing.assert_close(
+            net.ungated_logits(x, out.lung_logits),
+            net.forward_heads(net.forward_features(x * lungs)).class_logits,
+        )
