@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrnet.data.images import IMAGE_SUFFIXES, find_images, is_dicom
-from cxrnet.inference import FileResult
+from cxrnet.prediction import FileResult
 
 log = logging.getLogger(__name__)
 

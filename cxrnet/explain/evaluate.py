@@ -58,7 +58,7 @@ from cxrnet.devices import autocast
 from cxrnet.explain import EXPLAINERS, get_explainer
 from cxrnet.explain.faithfulness import deletion_curve, insertion_curve
 from cxrnet.explain.metrics import explanation_scores
-from cxrnet.explain.sanity import randomised_copy, rank_correlation
+from cxrnet.explain.sanity import randomised_copy, rank_agreement
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,6 @@ def _aggregate(rows: list[dict[str, float]]) -> dict[str, dict[str, float | int 
         finite = values[np.isfinite(values)]
         summary[key] = {"mean": float(finite.mean()) if finite.size else None, "n": int(finite.size)}
     return summary
-
-
-def _rank_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image Spearman correlation of B×H×W maps; a flat map scores 0 against a map that is not, 1 against
-    another flat one (as :class:`cxrnet.explain.sanity.SanityResult` counts them)."""
-    rho = rank_correlation(a, b).numpy()
-    flat_a, flat_b = (np.ptp(m.reshape(len(m), -1), axis=1) == 0 for m in (a, b))
-    return np.where(flat_a | flat_b, (flat_a & flat_b).astype(float), rho)
 
 
 def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
@@ -126,11 +118,9 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
     explainers = {name: get_explainer(name, net) for name in methods}
     randomised = {}
     if bool(cfg.get("sanity", True)):
-        copies = {part: randomised_copy(net, part, seed=0) for part in ("explanation", "classifier")}
-        randomised = {
-            name: get_explainer(name, copies["explanation" if name == "native" else "classifier"])
-            for name in methods
-        }
+        parts = {name: "explanation" if name == "native" else "classifier" for name in methods}
+        copies = {part: randomised_copy(net, part, seed=0) for part in set(parts.values())}
+        randomised = {name: get_explainer(name, copies[part]) for name, part in parts.items()}
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
     seconds = dict.fromkeys(methods, 0.0)
     empty = with_lungs = 0
@@ -153,7 +143,7 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         empty += int((~infection.any(axis=(1, 2))).sum())
         with_lungs += int(has_lungs.sum())
         # rows of the figure: the first images with a lesion
-        keep = [i for i in np.flatnonzero(infection.any(axis=(1, 2)))][: max(0, n_figure - len(titles))]
+        keep = np.flatnonzero(infection.any(axis=(1, 2)))[: max(0, n_figure - len(titles))].tolist()
         for i in keep:
             shown["image"].append(images[i, 0].float().cpu().numpy())
             shown["infection"].append(infection[i])
@@ -179,7 +169,7 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
             if name in randomised:
                 with autocast(precision, device):
                     other = randomised[name](images).float().cpu().numpy()
-                rho = _rank_agreement(maps_np, other)
+                rho = rank_agreement(maps_np, other).numpy()
             for i in keep:
                 shown[name].append(maps_np[i])
             for i, saliency in enumerate(maps_np):

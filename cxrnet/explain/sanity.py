@@ -110,6 +110,19 @@ def rank_correlation(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
     return torch.from_numpy(np.clip(rho, -1.0, 1.0))
 
 
+def rank_agreement(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """:func:`rank_correlation` with flat maps scored: 0 against a map that is not flat, 1 against a flat one.
+
+    A flat map (e.g. a CAM with no positive evidence) has no ranking, so Spearman's ρ is undefined; for a
+    sanity check, a flat map shares nothing with a map that ranks its pixels, and agrees with another flat one.
+    """
+    rho = rank_correlation(a, b)
+    flat_a, flat_b = (np.ptp(_as_batch(m, "maps").reshape(len(rho), -1), axis=1) == 0 for m in (a, b))
+    return torch.where(
+        torch.from_numpy(flat_a | flat_b), torch.from_numpy(flat_a & flat_b).to(rho.dtype), rho
+    )
+
+
 def structural_similarity(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> torch.Tensor:
     """SSIM (``skimage.metrics.structural_similarity``, 7×7 window) of each pair of [0, 1] maps.
 
@@ -193,10 +206,7 @@ def compare_maps(
     a: torch.Tensor, b: torch.Tensor, class_index: torch.Tensor, ssim: bool = True
 ) -> SanityResult:
     """:class:`SanityResult` of two B×H×W batches of maps in [0, 1] (flat maps: see its ``rank_correlation``)."""
-    rho = rank_correlation(a, b)
-    flat_a, flat_b = (np.ptp(_as_batch(m, "maps").reshape(len(rho), -1), axis=1) == 0 for m in (a, b))
-    rho = torch.where(torch.from_numpy(flat_a | flat_b), torch.from_numpy(flat_a & flat_b).to(rho.dtype), rho)
-    return SanityResult(rho, structural_similarity(a, b) if ssim else None, class_index)
+    return SanityResult(rank_agreement(a, b), structural_similarity(a, b) if ssim else None, class_index)
 
 
 def _class_tensor(
@@ -326,6 +336,7 @@ __all__ = [
     "label_randomisation_check",
     "model_randomisation_check",
     "randomised_copy",
+    "rank_agreement",
     "rank_correlation",
     "structural_similarity",
 ]

@@ -134,10 +134,10 @@ def test_cli_prints_the_table_and_writes_only_its_files(checkpoint: Path, tmp_pa
 
 
 def test_rank_agreement_scores_flat_maps_like_the_sanity_checks() -> None:
-    from cxrnet.explain.evaluate import _rank_agreement
+    from cxrnet.explain.sanity import rank_agreement
 
     ramp = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 4, 4)
     flat = np.zeros((1, 4, 4), dtype=np.float32)
-    assert _rank_agreement(ramp, ramp)[0] == pytest.approx(1.0)
-    assert _rank_agreement(ramp, 1 - ramp)[0] == pytest.approx(-1.0)
-    assert _rank_agreement(ramp, flat)[0] == 0.0 and _rank_agreement(flat, flat)[0] == 1.0
+    assert float(rank_agreement(ramp, ramp)[0]) == pytest.approx(1.0)
+    assert float(rank_agreement(ramp, 1 - ramp)[0]) == pytest.approx(-1.0)
+    assert float(rank_agreement(ramp, flat)[0]) == 0.0 and float(rank_agreement(flat, flat)[0]) == 1.0
