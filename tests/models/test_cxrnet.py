@@ -276,3 +276,28 @@ def test_ungated_view_sees_the_lung_fields_without_the_map() -> None:
             net.ungated_logits(x, out.lung_logits),
             net.forward_heads(net.forward_features(x * lungs)).class_logits,
         )
+
+
+def test_ungated_view_trains_weights_but_keeps_the_gated_normalisation_statistics() -> None:
+    # Encoder 2's batch-norm statistics must describe the gated images it sees at inference; an ungated view
+    # (mostly full lung fields) mixed into them made a small-gated model call nearly everything normal.
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["a", "b"], encoder="tu-mobilenetv3_small_100", decoder_channels=[32, 24, 16, 16, 8]
+    ).train()
+    norms = [m for m in net.classifier_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    x = torch.randn(2, 1, 64, 64)
+    out = net(x)
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    momenta = [m.momentum for m in norms]
+    logits = net.ungated_logits(x * 3 + 1, out.lung_logits.detach())
+    for m, (mean, var, count) in zip(norms, before):
+        torch.testing.assert_close(m.running_mean, mean, rtol=0, atol=0)
+        torch.testing.assert_close(m.running_var, var, rtol=0, atol=0)
+        assert int(m.num_batches_tracked) == count
+    assert [m.momentum for m in norms] == momenta  # restored
+    logits.sum().backward()  # the weights still learn from the view
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.classifier_encoder.parameters())
+    net(x * 3 + 1)  # while the main forward still updates them
+    assert any(not torch.equal(m.running_mean, mean) for m, (mean, _, _) in zip(norms, before))
