@@ -1,6 +1,6 @@
 """Batch prediction to time: ``cxrnet.predict.predict(cfg)`` over a folder, and the bare batched forward pass.
 
-The predict job is composed from ``cxrnet/conf/predict.yaml`` with Hydra's compose API, as the command line
+The predict job is composed from ``conf/predict.yaml`` with Hydra's compose API, as the command line
 composes it, and run in chunks of ``limit`` files on the same ``output_dir`` (each run resumes where the last
 stopped), so that the chunks interleave with the bare forward pass and the process's memory can be read after
 100 and after 1,000 files.

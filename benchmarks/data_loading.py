@@ -52,7 +52,7 @@ from cxrnet.devices import autocast_dtype, resolve_precision
 from cxrnet.train import resolve_trainer_precision
 
 SETTINGS = {  # name: image size, batch size, augmentation
-    "128px_batch16": (128, 16, "light"),  # the quickstart's (cxrnet/conf/experiment/quickstart.yaml)
+    "128px_batch16": (128, 16, "light"),  # the quickstart's (conf/experiment/quickstart.yaml)
     "256px_batch8": (256, 8, "default"),
 }
 FORMATS = {"jpeg8": ".jpg", "png16": ".png"}

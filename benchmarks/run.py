@@ -14,7 +14,7 @@ Ratios (each side measured in the same rounds, alternating; see ``benchmarks/REA
 * ref: the issue's reference step (resnet18 + U-Net, 256 px, batch 8), float32 / default precision
   (target >= 2.5).
 
-The model is the quickstart experiment's (``cxrnet/conf/experiment/quickstart.yaml``), randomly initialised;
+The model is the quickstart experiment's (``conf/experiment/quickstart.yaml``), randomly initialised;
 each model measurement runs at float32 and at the default precision (``cxrnet.devices.resolve_precision``).
 ``--quick`` runs tiny sizes (a smoke test; its numbers mean nothing). The JSON is rewritten after every
 section, so a failed or interrupted run keeps what it measured.

@@ -214,7 +214,7 @@ def _run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Command-line entry point (Hydra): see ``cxrnet/conf/export.yaml``."""
+    """Command-line entry point (Hydra): see ``conf/export.yaml``."""
     register_resolvers()
     hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")(_run)()
 

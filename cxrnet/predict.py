@@ -283,7 +283,7 @@ def nearest_folder(path: str) -> str:
 
 
 def main() -> None:
-    """Command-line entry point (Hydra): see ``cxrnet/conf/predict.yaml``."""
+    """Command-line entry point (Hydra): see ``conf/predict.yaml``."""
     if not OmegaConf.has_resolver("cxrnet_nearest_folder"):
         OmegaConf.register_new_resolver("cxrnet_nearest_folder", nearest_folder)
     hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")(_run)()

@@ -15,7 +15,7 @@ from cxrnet.train import check_trainer_config
 
 from conftest import compose_train
 
-CONF = Path(__file__).resolve().parents[1] / "cxrnet" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml") if p.stem != "default")
 
 

@@ -160,7 +160,7 @@ def test_ddp_two_processes_on_cpu_through_the_entry_point(tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment",
-    sorted(p.stem for p in (Path(__file__).parents[1] / "cxrnet" / "conf" / "experiment").glob("*.yaml")),
+    sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")),
 )
 def test_every_experiment_config_composes_and_quickstart_runs(experiment: str, tmp_path: Path) -> None:
     from conftest import compose_train

@@ -286,7 +286,7 @@ def _run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Command-line entry point (Hydra): see ``cxrnet/conf/explain_evaluate.yaml``."""
+    """Command-line entry point (Hydra): see ``conf/explain_evaluate.yaml``."""
     register_resolvers()
     hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="explain_evaluate")(_run)()
 
