@@ -24,6 +24,7 @@ from cxrnet.command import CONFIG_PATH
 from cxrnet.datamodule import one_class_warning
 from cxrnet.devices import resolve_precision
 from cxrnet.module import CXRNetModule
+from cxrnet.progress import progress_bar
 from cxrnet.provenance import inherit_heads, training_heads
 from cxrnet.transfer import init_from_checkpoint
 
@@ -71,6 +72,83 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+# The package each optional logger needs, by the last part of its _target_.
+_LOGGER_PACKAGES = {"TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
+
+
+def check_logger_config(group: DictConfig | None) -> None:
+    """Fail before any data is read when a chosen logger's package is not installed, saying how to add it."""
+    for name, node in (group or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        package = _LOGGER_PACKAGES.get(str(node._target_).rsplit(".", 1)[-1])
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise RuntimeError(
+                f"logger {name!r} ({node._target_}) needs the optional package {package!r}: "
+                'pip install "cxrnet[loggers]", or choose logger=csv'
+            )
+
+
+def log_hyperparameters(loggers: list[Any], cfg: DictConfig, module: CXRNetModule) -> None:
+    """Give every logger the resolved config and the network's parameter counts (as lightning-hydra-template
+    does): TensorBoard's HPARAMS tab, MLflow's parameters, the W&B run config, the CSV logger's hparams.yaml."""
+    if not loggers:
+        return
+    params = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(params, dict)
+    params["model/params/total"] = sum(p.numel() for p in module.net.parameters())
+    params["model/params/trainable"] = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        if isinstance(logger, pl.loggers.TensorBoardLogger):
+            _tensorboard_hparams(logger, params, str(cfg.get("optimized_metric") or "val/score"))
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def _tensorboard_hparams(logger: Any, params: dict[str, Any], metric: str) -> None:
+    """Fill TensorBoard's HPARAMS tab. Lightning writes it only with a metric value, and a placeholder value
+    (its ``hp_metric``) would read as a result; the tab needs only the metric's *name*, whose values it then
+    takes from the run's own scalars."""
+    from torch.utils.tensorboard.summary import hparams
+
+    names = dict.fromkeys([metric, "val/score", "val/cls/macro_f1"])
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(_flat(params), dict.fromkeys(names, 0.0)):
+        writer.add_summary(summary)
+
+
+def optimized_value(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, Any]) -> float | None:
+    """The value of ``cfg.optimized_metric`` for a hyperparameter search, ``None`` when it is not set.
+
+    The score the best checkpoint was selected on (e.g. the best ``val/score`` of the run) when the metric
+    is what that checkpoint monitors; otherwise the final value of the metric (the test metrics first).
+
+    Raises:
+        ValueError: the run never logged the metric (the error lists what it did log).
+    """
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "monitor", None) == name and callback.best_model_score is not None:
+            return float(callback.best_model_score)
+    logged = {**{k: v for k, v in trainer.callback_metrics.items()}, **metrics}
+    if name not in logged:
+        known = ", ".join(sorted(k for k in logged if "/" in k))
+        raise ValueError(f"optimized_metric={name!r} was never logged; the run logged: {known}")
+    return float(logged[name])
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> CXRNetModule:
@@ -206,7 +284,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The final test metrics (flat keys such as ``test/lung/dice_pooled``), plus ``run/precision``,
         ``run/train_seconds`` (wall time of the fit loop) and ``run/train_steps`` (optimiser steps the
-        model has taken, resumed ones included); empty when ``cfg.test`` is false.
+        model has taken, resumed ones included); empty when ``cfg.test`` is false. With
+        ``cfg.optimized_metric`` set, also ``optimized_metric`` (see :func:`optimized_value`).
 
     Raises:
         ValueError: one of the refusals above.
@@ -214,11 +293,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metric.
     """
     check_trainer_config(cfg.trainer)
+    check_logger_config(cfg.get("logger"))
     check_training_budget(cfg)
     if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in ("last", "best", "hpc", "registry"):
         check_checkpoint_file(cfg.ckpt_path)  # an empty or truncated checkpoint fails now, naming the file
     resolve_trainer_precision(cfg)
-    output_dir = Path(cfg.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -229,8 +308,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_group(cfg.get("logger"))
     if not loggers:  # learning-rate monitoring has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar", True) and not cfg.trainer.get("fast_dev_run", False):
+        progress = cfg.get("progress") or {}
+        callbacks.append(
+            progress_bar(str(progress.get("style", "auto")), int(progress.get("every_n_steps", 0)))
+        )
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_hyperparameters(loggers, cfg, module)
 
+    try:
+        return _fit_and_test(cfg, trainer, module, datamodule)
+    finally:
+        close_loggers(loggers)
+
+
+def close_loggers(loggers: list[Any]) -> None:
+    """Finish the runs that outlive ``trainer.fit``: a W&B run stays open until the process exits, so in a
+    sweep (many trainings in one process) the next trial would log into it."""
+    for logger in loggers:
+        if isinstance(logger, pl.loggers.WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
+def _fit_and_test(
+    cfg: DictConfig, trainer: pl.Trainer, module: CXRNetModule, datamodule: Any
+) -> dict[str, Any]:
+    output_dir = Path(cfg.output_dir)
     started = time.monotonic()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.monotonic() - started
@@ -247,7 +350,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "allow_untrained: the model took no training step; metrics.json records run/train_steps=0"
         )
     if not cfg.get("test", True):
-        return {}
+        value = optimized_value(cfg, trainer, {})
+        return {} if value is None else {"optimized_metric": value}
     best = best_checkpoint(trainer)
     if not best and any(getattr(c, "monitor", None) for c in trainer.checkpoint_callbacks):
         log.warning(
@@ -279,12 +383,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("test metrics written to %s", output_dir / "metrics.json")
+    value = optimized_value(cfg, trainer, metrics)
+    if value is not None:
+        metrics["optimized_metric"] = value
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Train; return ``optimized_metric``'s value (``None`` when unset) for Hydra sweepers such as Optuna."""
+    value = train(cfg).get("optimized_metric")
+    if value is not None:
+        log.info("optimized_metric %s = %.6g", cfg.optimized_metric, value)
+    return value
 
 
 if __name__ == "__main__":
