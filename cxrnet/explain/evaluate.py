@@ -5,7 +5,7 @@
     python -m cxrnet.explain.evaluate checkpoint=<ckpt> data=<name> [data.root=<dir>] [split=test] \\
         [methods=[native,gradcam,gradcam++]] [output_dir=<dir>]
 
-Every method explains every item of the split that has an infection mask; each map is scored with
+Every method explains every item of the split that has an infection or a lung mask; each map is scored with
 :func:`cxrnet.explain.metrics.explanation_scores` against that mask (and the lung mask, where there is one,
 for the explanation-in-lung share). Items whose infection mask is empty (e.g. ``normal``) have no target:
 their mask-based scores are NaN and left out of the means (they are counted), but their lung share counts.
@@ -80,7 +80,7 @@ def _aggregate(rows: list[dict[str, float]]) -> dict[str, dict[str, float | int 
 
 
 def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
-    """Score each explanation method on the items of a split that have infection masks.
+    """Score each explanation method on the items of a split that have infection or lung masks.
 
     Args:
         cfg: a composed ``explain_evaluate.yaml`` config (``checkpoint``, ``data``, ``split``, ``methods``,
@@ -92,12 +92,14 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         ``top{k}_f1``, ``lung_share``, ``deletion_auc``, ``insertion_auc``) to ``{"mean": float | None, "n": int}``,
         ``seconds_per_image`` and ``images_per_second`` to the explainer's wall time (maps only, not the
         curves), and ``deletion_curve`` / ``insertion_curve`` to the mean curves (with ``fractions`` at the
-        top level). ``counts`` holds ``items`` (in the split), ``with_infection_mask``
-        (evaluated), ``empty_infection_mask`` (skipped for mask-based scores) and ``with_lung_mask``.
+        top level). ``counts`` holds ``items`` (in the split), ``scored`` (items with either mask),
+        ``with_infection_mask``, ``empty_infection_mask`` (both left out of the infection-based scores) and
+        ``with_lung_mask``.
         The same dict is written as JSON to ``<cfg.output_dir>/explanations.json`` when ``output_dir`` is set.
 
     Raises:
-        ValueError: no checkpoint, an unknown split or method, or a split without infection masks.
+        ValueError: no checkpoint, an unknown split or method, or a split with neither infection nor lung
+            masks.
     """
     methods = list(cfg.methods)
     unknown = [name for name in methods if name not in EXPLAINERS]
@@ -107,12 +109,25 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
     net, device, precision, dataset = opened.net, opened.device, opened.precision, opened.dataset
     with open_dict(cfg):  # the config then records what was actually evaluated
         cfg.data = opened.data
-    # Selected without reading pixels: Record and RawItem both say whether an infection mask exists.
-    with_mask = [i for i, item in enumerate(dataset.items) if item.infection_mask is not None]
+    # Selected without reading pixels: Record and RawItem both say whether a mask exists. Items with only a
+    # lung mask (e.g. cohen's hand-drawn lungs) still give the in-lung share, the curves and the sanity check.
+    with_mask = [
+        i
+        for i, item in enumerate(dataset.items)
+        if item.infection_mask is not None or item.lung_mask is not None
+    ]
+    with_infection = sum(dataset.items[i].infection_mask is not None for i in with_mask)
     if not with_mask:
         raise ValueError(
-            f"{opened.name} ({len(dataset)} items) has no infection masks; "
-            "choose a dataset that provides them (e.g. synthetic, qata, covid_qu_ex)"
+            f"{opened.name} ({len(dataset)} items) has neither infection nor lung masks; choose a dataset "
+            "that provides them (e.g. synthetic, qata, covid_qu_ex for infection masks; cohen, montgomery, "
+            "shenzhen for lung masks)"
+        )
+    if not with_infection:
+        log.warning(
+            "%s has lung masks but no infection masks: only the in-lung share, the curves and the sanity "
+            "check are scored",
+            opened.name,
         )
     loader = DataLoader(Subset(dataset, with_mask), batch_size=int(cfg.batch_size), collate_fn=collate)
     explainers = {name: get_explainer(name, net) for name in methods}
@@ -138,15 +153,18 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
     for batch in loader:
         images = batch["image"].to(device)
         infection = batch["infection_mask"][:, 0].numpy() > 0.5
+        has_infection = batch["has_infection_mask"].numpy()
+        infection &= has_infection[:, None, None]  # no reference: scored like an empty mask (NaN)
         lungs = batch["lung_mask"][:, 0].numpy() > 0.5
         has_lungs = batch["has_lung_mask"].numpy()
-        empty += int((~infection.any(axis=(1, 2))).sum())
+        empty += int((has_infection & ~infection.any(axis=(1, 2))).sum())
         with_lungs += int(has_lungs.sum())
-        # rows of the figure: the first images with a lesion
-        keep = np.flatnonzero(infection.any(axis=(1, 2)))[: max(0, n_figure - len(titles))].tolist()
+        # rows of the figure: the first images with a lesion (any image, with its lungs, without infection masks)
+        candidates = np.flatnonzero(infection.any(axis=(1, 2))) if with_infection else np.arange(len(images))
+        keep = candidates[: max(0, n_figure - len(titles))].tolist()
         for i in keep:
             shown["image"].append(images[i, 0].float().cpu().numpy())
-            shown["infection"].append(infection[i])
+            shown["infection"].append(infection[i] if with_infection else lungs[i])
             titles.append(
                 f"{batch['meta'][i].get('raw_label', '')} {Path(str(batch['meta'][i]['path'])).name}"
             )
@@ -191,7 +209,8 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         "classes": list(opened.meta["classes"]),
         "counts": {
             "items": len(dataset),
-            "with_infection_mask": len(with_mask),
+            "scored": len(with_mask),
+            "with_infection_mask": with_infection,
             "empty_infection_mask": empty,
             "with_lung_mask": with_lungs,
         },
@@ -212,7 +231,8 @@ def evaluate_explanations(cfg: DictConfig) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
         log.info("explanation scores written to %s", folder / RESULTS_FILE)
-        _write_figures(folder, results, shown, titles, methods)
+        reference = "infection mask" if with_infection else "lung mask"
+        _write_figures(folder, results, shown, titles, methods, reference)
     return results
 
 
@@ -222,12 +242,15 @@ def _write_figures(
     shown: dict[str, list[np.ndarray]],
     titles: list[str],
     methods: list[str],
+    reference: str,
 ) -> None:
     from cxrnet.report.explanations import plot_explanation_grid, plot_faithfulness_curves
 
     if titles:
         maps = {name: shown[name] for name in methods}
-        plot_explanation_grid(shown["image"], shown["infection"], maps, titles, folder / GRID_FIGURE)
+        plot_explanation_grid(
+            shown["image"], shown["infection"], maps, titles, folder / GRID_FIGURE, reference=reference
+        )
     if "fractions" in results:
         scores = results["methods"]
         plot_faithfulness_curves(

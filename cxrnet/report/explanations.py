@@ -22,6 +22,7 @@ def plot_explanation_grid(
     maps: Mapping[str, Sequence[np.ndarray]],
     titles: Sequence[str],
     path: str | Path,
+    reference: str = "infection mask",
 ) -> Path:
     """One row per image: the radiograph, its infection mask, then each method's map over the radiograph.
 
@@ -31,6 +32,8 @@ def plot_explanation_grid(
         maps: method name → K maps H×W in [0, 1] (shown with a fixed 0-1 colour scale, so methods compare).
         titles: K row titles (e.g. the class and the file name).
         path: PNG file to write.
+        reference: what the masks are, as the second column's title (``"lung mask"`` for a dataset that has
+            only lung masks).
 
     Returns:
         ``path``.
@@ -38,7 +41,7 @@ def plot_explanation_grid(
     k = len(images)
     if not k or len(infection_masks) != k or len(titles) != k or any(len(m) != k for m in maps.values()):
         raise ValueError(f"need the same non-zero number of images ({k}), masks, titles and maps per method")
-    columns = ["image", "infection mask", *maps]
+    columns = ["image", reference, *maps]
     fig = Figure(figsize=(PANEL * len(columns), PANEL * k + 0.5), layout="compressed")
     axes = fig.subplots(k, len(columns), squeeze=False)
     for row in range(k):
@@ -48,7 +51,7 @@ def plot_explanation_grid(
             ax = axes[row, col]
             ax.set_axis_off()
             ax.imshow(image, cmap="gray", interpolation="bilinear")
-            if name == "infection mask":
+            if name == reference:
                 ax.imshow(
                     np.ma.masked_where(~mask, mask.astype(float)), cmap="Reds", vmin=0, vmax=1.5, alpha=0.6
                 )

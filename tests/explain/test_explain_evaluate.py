@@ -141,3 +141,34 @@ def test_rank_agreement_scores_flat_maps_like_the_sanity_checks() -> None:
     assert float(rank_agreement(ramp, ramp)[0]) == pytest.approx(1.0)
     assert float(rank_agreement(ramp, 1 - ramp)[0]) == pytest.approx(-1.0)
     assert float(rank_agreement(ramp, flat)[0]) == 0.0 and float(rank_agreement(flat, flat)[0]) == 1.0
+
+
+def test_a_split_with_only_lung_masks_scores_the_lung_share_curves_and_sanity(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Like cohen's hand-drawn lungs: no infection reference, but the in-lung share still means something.
+    import dataclasses
+
+    import cxrnet.explain.evaluate as module
+
+    real_open = module.open_split
+
+    def lungs_only(cfg: DictConfig):  # type: ignore[no-untyped-def]
+        opened = real_open(cfg)
+        items = opened.dataset.items
+        items[:] = [dataclasses.replace(item, infection_mask=None) for item in items]
+        return opened
+
+    monkeypatch.setattr(module, "open_split", lungs_only)
+    output_dir = tmp_path / "lungs"
+    results = evaluate_explanations(
+        compose_explain(f"checkpoint={checkpoint}", f"output_dir={output_dir}", "curve_steps=4", *TINY_SPLIT)
+    )
+    counts = results["counts"]
+    assert counts["scored"] == counts["with_lung_mask"] == 8
+    assert counts["with_infection_mask"] == counts["empty_infection_mask"] == 0
+    for scores in results["methods"].values():
+        assert scores["lung_share"]["n"] == 8 and 0 <= scores["lung_share"]["mean"] <= 1
+        assert scores["average_precision"]["n"] == 0 and scores["average_precision"]["mean"] is None
+        assert scores["deletion_auc"]["n"] == 8 and scores["randomised_rank_correlation"]["n"] >= 1
+    assert (output_dir / "explanations.png").is_file()  # drawn with the lung masks as the reference
