@@ -52,6 +52,8 @@ _PUBLIC = {
     "load_model": "cxrnet.inference",
     "Predictor": "cxrnet.inference",
     "Prediction": "cxrnet.inference",
+    "from_pretrained": "cxrnet.hub",
+    "push_to_hub": "cxrnet.hub",
 }
 
 __all__ = ["__version__", *_PUBLIC]

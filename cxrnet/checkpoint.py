@@ -22,9 +22,12 @@ new one, never a truncated file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pickle
 import secrets
+import shutil
 import socket
 import zipfile
 from collections.abc import Callable
@@ -52,13 +55,16 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "atomic_write",
+    "build_network",
     "check_checkpoint_file",
     "check_pickle_stream",
     "checkpoint_metadata",
+    "config_digest",
     "data_config_for_checkpoint",
     "load_network",
     "network_state_dict",
     "parse_stored_config",
+    "partial_path",
     "pickle_stream",
     "preprocessing_of",
     "read_checkpoint",
@@ -93,7 +99,7 @@ def _partial_prefix(path: Path) -> str:
 
 
 def _remove_stale_partials(path: Path) -> None:
-    """Delete temporary files of ``path`` left by killed writers on this host (their pid no longer runs)."""
+    """Delete temporary files or folders of ``path`` left by killed writers on this host (pid not running)."""
     host = socket.gethostname()
     for candidate in path.parent.glob(f"{_partial_prefix(path)}*"):
         try:
@@ -102,9 +108,25 @@ def _remove_stale_partials(path: Path) -> None:
         except ProcessLookupError:
             if owner == host:
                 with contextlib.suppress(OSError):
-                    candidate.unlink()
+                    if candidate.is_dir() and not candidate.is_symlink():
+                        shutil.rmtree(candidate)
+                    else:
+                        candidate.unlink()
         except (ValueError, PermissionError, OSError):
             continue  # not ours, another user's live process, or another host's: leave it
+
+
+def partial_path(path: str | Path) -> Path:
+    """A fresh temporary name beside ``path`` for writing it atomically (see :func:`atomic_write`).
+
+    Hidden, and named after this host and process, so that the next writer of ``path`` on this host removes
+    what a killed writer left (files and folders alike); that clean-up runs here too.
+    """
+    path = Path(path)
+    _remove_stale_partials(path)
+    return path.with_name(
+        f"{_partial_prefix(path)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -125,10 +147,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(path)
-    temporary = path.with_name(
-        f"{_partial_prefix(path)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-    )
+    temporary = partial_path(path)
     try:
         with open(temporary, "xb") as handle:
             write(handle)
@@ -257,8 +276,26 @@ def load_network(path: str | Path) -> tuple[CXRNet, dict[str, Any]]:
     """
     checkpoint = read_checkpoint(path)
     meta = checkpoint[CHECKPOINT_KEY]
-    config = dict(meta["model"], pretrained=False)  # the weights come from the checkpoint, never a download
-    weights = network_state_dict(checkpoint)
+    return build_network(meta, network_state_dict(checkpoint), path), meta
+
+
+def build_network(meta: dict[str, Any], weights: dict[str, torch.Tensor], path: str | Path) -> CXRNet:
+    """The network validated metadata describes, filled with ``weights``, in eval mode on the CPU.
+
+    The checks of :func:`load_network` (weights fit a network built on the ``meta`` device before the real
+    one is allocated), for any source of validated metadata and weights (a checkpoint, or a
+    :mod:`cxrnet.pretrained` folder).
+
+    Args:
+        meta: validated metadata (:func:`validate_checkpoint`); its ``model`` is the constructor config.
+        weights: the network's state dict (keys without the ``net.`` prefix).
+        path: the file the weights come from, for messages.
+
+    Raises:
+        CheckpointError: the network cannot be built, or the weights do not fit it.
+    """
+    path = Path(path)
+    config = dict(meta["model"], pretrained=False)  # the weights come from the file, never a download
     try:
         with torch.device("meta"):
             skeleton = create_model(**config)
@@ -277,7 +314,7 @@ def load_network(path: str | Path) -> tuple[CXRNet, dict[str, Any]]:
         raise CheckpointError(
             f"weights in {path} do not fit the network they describe ({error_summary(err)}); {UNTRUSTED_HINT}"
         ) from err
-    return net.eval(), meta
+    return net.eval()
 
 
 def _build_network(path: Path, config: dict[str, Any]) -> CXRNet:
@@ -315,6 +352,15 @@ def _check_weights_fit(
             f"repeat their values (a crafted file that would allocate far more memory than it holds); "
             f"{UNTRUSTED_HINT}"
         )
+
+
+def config_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the training config stored in the checkpoint (``""`` when there is none)."""
+    config = meta.get("config")
+    if not config:
+        return ""
+    text = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def preprocessing_of(meta: dict[str, Any]) -> Preprocessing:

@@ -15,6 +15,7 @@ What the loaded content may hold is checked next, by :func:`cxrnet.checkpoint_va
 from __future__ import annotations
 
 import pickletools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,30 @@ def error_summary(err: BaseException) -> str:
 
 def refusal(path: Path, field: str, problem: str, fix: str = UNTRUSTED_HINT) -> CheckpointError:
     return CheckpointError(f"refusing checkpoint {path}: {field} {problem}; {fix}")
+
+
+def reworded_refusal(
+    err: CheckpointError, path: Path, subject: str, hint: str, weights_subject: str | None = None
+) -> CheckpointError:
+    """A :func:`refusal` of checkpoint content reworded for a file that stores the same metadata differently.
+
+    ``refusing checkpoint <path>: cxrnet.<field> <problem>; <fix>`` becomes
+    ``refusing <subject><field> <problem>; <hint>`` (fields without the ``cxrnet.`` prefix), and a refusal
+    of ``state_dict['net.<name>']`` becomes ``refusing <weights_subject>tensor '<name>' ...`` when
+    ``weights_subject`` is given. Other messages keep their wording, with ``hint`` for the untrusted-file
+    hint.
+    """
+    text = str(err).replace(UNTRUSTED_HINT, "\0")
+    prefix = f"refusing checkpoint {path}: "
+    if text.startswith(prefix):
+        rest = text[len(prefix) :]
+        if weights_subject is not None and rest.startswith("state_dict["):
+            text = (
+                "refusing " + weights_subject + re.sub(r"state_dict\['net\.([^']*)'\]", r"tensor '\1'", rest)
+            )
+        else:
+            text = "refusing " + subject + rest.replace(f"{CHECKPOINT_KEY}.", "")
+    return CheckpointError(text.replace("\0", hint))
 
 
 MAX_KEY_VALUES = 10_000

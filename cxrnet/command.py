@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cxrnet.checkpoint import data_config_for_checkpoint, load_network, stored_config
+from cxrnet.checkpoint import config_digest, data_config_for_checkpoint, load_network, stored_config
 from cxrnet.conf import CONFIG_PATH
 from cxrnet.devices import inference_precision, resolve_device
 from cxrnet.evaluation.results import MAP_ESTIMATES
@@ -57,15 +55,6 @@ def register_resolvers() -> None:
         )
     if not OmegaConf.has_resolver("cxrnet_folder"):
         OmegaConf.register_new_resolver("cxrnet_folder", lambda path: str(path or "") or ".")
-
-
-def config_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of the training config stored in the checkpoint (``""`` when there is none)."""
-    config = meta.get("config")
-    if not config:
-        return ""
-    text = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _stored_data_seed(meta: dict[str, Any], checkpoint: str | Path = "checkpoint") -> int | None:

@@ -1,6 +1,20 @@
-"""Export a checkpoint to ONNX or TorchScript: ``python -m cxrnet.export checkpoint=<ckpt> format=onnx output=<file>``.
+"""Export a checkpoint to share or deploy: ``python -m cxrnet.export checkpoint=<ckpt> format=<f> output=<o>``.
 
-Both formats take one input and return every map and score of :class:`~cxrnet.models.CXRNetOutput` by name:
+Three formats; ``hf`` and ``onnx`` are read back by ``cxrnet.load_model(<path>)`` as a predictor giving the
+same :class:`~cxrnet.prediction.Prediction` objects as the checkpoint:
+
+- ``hf``: a pretrained folder (``model.safetensors``, ``config.json``, model card ``README.md``) in the layout
+  of the Hugging Face Hub; see :mod:`cxrnet.pretrained`, and :mod:`cxrnet.hub` to upload it.
+- ``onnx``: one ``.onnx`` file, run by :class:`cxrnet.onnx_predictor.OnnxPredictor` on onnxruntime (needs
+  ``pip install "cxrnet[export]"``).
+- ``torchscript``: one traced ``.pt`` file, for C++ and other torch runtimes.
+
+An existing output (a file, or a non-empty folder) is refused unless ``overwrite=true``; files and folders
+are written under a temporary name beside the output and renamed into place when complete, so a failed
+export leaves nothing half-written.
+
+ONNX and TorchScript take one input and return every map and score of :class:`~cxrnet.models.CXRNetOutput`
+by name:
 
 - input ``image``: float32 B×1×H×W, the grayscale image in [0, 1] normalised as ``(x - mean) / std`` with the
   checkpoint's preprocessing; batch size, H and W are free (H and W multiples of 32; the model was trained
@@ -11,9 +25,9 @@ Both formats take one input and return every map and score of :class:`~cxrnet.mo
 
 ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)`` with ``dynamic_axes``): the
 ``torch.export``-based default needs the optional ``onnxscript`` package, and the legacy path reproduces the
-network to ~1e-6. The class names, preprocessing and output names are stored as JSON strings in the model's
-``metadata_props`` (see :func:`export_metadata`); onnxruntime shows them in
-``session.get_modelmeta().custom_metadata_map``.
+network to ~1e-6. The class names, preprocessing, calibrated temperature, training records and output names
+are stored as JSON strings in the model's ``metadata_props`` (see :func:`export_metadata`); onnxruntime shows
+them in ``session.get_modelmeta().custom_metadata_map``.
 
 TorchScript is a *traced* module returning ``Dict[str, Tensor]`` with the output names as keys (scripting
 fails on timm encoders). The same metadata travels as the extra file ``cxrnet.json``: read it with
@@ -26,6 +40,7 @@ model at the export size (``image_size``, by default the training size).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,13 +53,16 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cxrnet.checkpoint import load_network, preprocessing_of
+from cxrnet.checkpoint import load_network, partial_path, preprocessing_of
 from cxrnet.command import CONFIG_PATH, register_resolvers
 from cxrnet.models.cxrnet import CXRNet
+from cxrnet.onnx_predictor import ONNX_FORMAT, import_onnx
+from cxrnet.pretrained import export_pretrained, fingerprint_summary, input_convention, public_heads
+from cxrnet.provenance import untrained_outputs
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "hf")
 INPUT_NAME = "image"
 MAP_OUTPUTS = ("lung_logits", "infection_logits", "explanation")
 METADATA_FILE = "cxrnet.json"
@@ -76,27 +94,38 @@ class ExportWrapper(nn.Module):
         return values if self.as_dict else tuple(values.values())
 
 
-def export_metadata(net: CXRNet, meta: dict[str, Any]) -> dict[str, str]:
+def export_metadata(net: CXRNet, meta: dict[str, Any], image_size: int | None = None) -> dict[str, str]:
     """What a user of the exported file alone needs to know, as JSON strings by key.
 
-    Keys: ``classes`` (names in logit order), ``preprocessing`` (``image_size`` in pixels, ``mean``, ``std`` of
-    the [0, 1] image), ``input_name``, ``input_layout``, ``output_names``, ``severity_targets``,
-    ``cxrnet_version`` and ``gate_with_lungs``.
+    Keys: ``format`` (``"cxrnet-onnx"``), ``classes`` (names in logit order), ``preprocessing``
+    (``image_size`` in pixels, ``mean``, ``std`` of the [0, 1] image), ``input_name``, ``input_layout`` (the
+    input convention in words), ``output_names``, ``severity_targets``, ``temperature`` (the calibrated
+    softmax temperature, ``null`` when not calibrated: apply ``softmax(class_logits / T)``), ``model`` (the
+    constructor config), ``heads`` and ``untrained_outputs`` (what each head was trained on,
+    :mod:`cxrnet.provenance`), ``training_data`` (:func:`cxrnet.pretrained.fingerprint_summary`),
+    ``precision`` (of training), ``export_image_size`` (the traced size), ``cxrnet_version`` and
+    ``gate_with_lungs``.
     """
     from cxrnet import __version__
 
     preprocessing = preprocessing_of(meta).to_dict()
+    heads = public_heads(meta.get("heads"))
     values: dict[str, Any] = {
+        "format": ONNX_FORMAT,
         # The network's own names, as predict uses them (the checkpoint's metadata is checked to agree).
         "classes": list(net.classes),
         "preprocessing": preprocessing,
         "input_name": INPUT_NAME,
-        "input_layout": (
-            "float32 Bx1xHxW grayscale, (pixel in [0, 1] - mean) / std; H, W multiples of 32, trained at "
-            f"{preprocessing['image_size']}x{preprocessing['image_size']} (letterboxed)"
-        ),
+        "input_layout": input_convention(int(preprocessing["image_size"])),
         "output_names": output_names(net),
         "severity_targets": list(net.severity_targets),
+        "temperature": meta.get("temperature"),
+        "model": dict(net.config, pretrained=False),
+        "heads": heads,
+        "untrained_outputs": sorted(untrained_outputs(heads, net.severity_targets)),
+        "training_data": fingerprint_summary(meta.get("training_data")),
+        "precision": meta.get("precision"),
+        "export_image_size": int(image_size or preprocessing["image_size"]),
         "cxrnet_version": meta.get("cxrnet_version", __version__),
         "gate_with_lungs": bool(net.gate_with_lungs),
     }
@@ -115,8 +144,7 @@ def _check_image_size(image_size: int, net: CXRNet) -> None:
 def _export_onnx(
     net: CXRNet, example: torch.Tensor, output: Path, opset: int, metadata: dict[str, str]
 ) -> None:
-    import onnx
-
+    onnx = import_onnx("onnx")
     names = output_names(net)
     image_axes = {0: "batch", 2: "height", 3: "width"}
     dynamic_axes = {INPUT_NAME: image_axes}
@@ -158,36 +186,63 @@ def _export_torchscript(net: CXRNet, example: torch.Tensor, output: Path, metada
         torch.jit.save(traced, str(output), _extra_files=extra)
 
 
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.is_dir():
+        raise FileExistsError(
+            f"output {output} is a folder; name a file (e.g. output={output / 'model.onnx'})"
+        )
+    if output.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {output} exists; choose another name, or add overwrite=true to replace it"
+        )
+
+
 def export_model(
     checkpoint: str | os.PathLike[str],
     format: str,
     output: str | os.PathLike[str],
     opset: int = 17,
     image_size: int | None = None,
+    overwrite: bool = False,
+    metrics: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Export the network of a checkpoint.
 
     Args:
         checkpoint: a cxrnet checkpoint (``checkpoints/best.ckpt`` of a training run).
-        format: ``"onnx"`` or ``"torchscript"``.
-        output: file to write (its folder is created).
+        format: ``"onnx"``, ``"torchscript"`` or ``"hf"`` (a pretrained folder, :mod:`cxrnet.pretrained`).
+        output: file to write (its folder is created), or the folder for ``"hf"``.
         opset: ONNX opset version (ONNX only).
         image_size: side in pixels of the example image the graph is traced with; default the checkpoint's
-            training size. Batch size and image size stay free in the exported graph.
+            training size. Batch size and image size stay free in the exported graph (ONNX, TorchScript).
+        overwrite: replace an existing output file; for ``"hf"``, the three files of a non-empty folder.
+        metrics: ``metrics.json`` for the model card (``"hf"``); default the one of the checkpoint's run.
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: unknown format, or an image size that is not a multiple of the network's output stride.
+        ValueError: unknown format, ``image_size`` with ``"hf"``, or an image size that is not a multiple of
+            the network's output stride.
+        FileExistsError: the output exists (a non-empty folder for ``"hf"``) and ``overwrite`` is false.
+        ImportError: ONNX export without the ``onnx`` package (``pip install "cxrnet[export]"``).
         cxrnet.checkpoint.CheckpointError: the checkpoint cannot be read or fails validation.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")
+    output = Path(output)
+    if format == "hf":
+        if image_size is not None:
+            raise ValueError(
+                "image_size applies to format=onnx and format=torchscript only; leave it unset for hf"
+            )
+        return export_pretrained(checkpoint, output, overwrite=overwrite, metrics=metrics)
+    _check_output(output, overwrite)
+    if format == "onnx":
+        import_onnx("onnx")  # a missing extra fails before the checkpoint is read
     net, meta = load_network(checkpoint)
     size = int(image_size or preprocessing_of(meta).image_size)
     _check_image_size(size, net)
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if net.gate_with_lungs:
         log.warning(
@@ -197,20 +252,38 @@ def export_model(
         )
     # Batch 2, not 1: a batch of one lets the tracer treat the batch axis as a constant in places.
     example = torch.zeros(2, 1, size, size)
-    metadata = export_metadata(net, meta)
-    with torch.no_grad():
-        if format == "onnx":
-            _export_onnx(net, example, output, opset, metadata)
-        else:
-            _export_torchscript(net, example, output, metadata)
+    metadata = export_metadata(net, meta, size)
+    temporary = partial_path(output)
+    try:
+        with torch.no_grad():
+            if format == "onnx":
+                _export_onnx(net, example, temporary, opset, metadata)
+            else:
+                _export_torchscript(net, example, temporary, metadata)
+        os.replace(temporary, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     log.info("exported %s (%s, outputs %s) to %s", checkpoint, format, ", ".join(output_names(net)), output)
     return output
 
 
 def _run(cfg: DictConfig) -> None:
     if not cfg.output:
-        raise ValueError("no output file: add output=<file> (e.g. output=model.onnx) to the command line")
-    export_model(cfg.checkpoint, cfg.format, cfg.output, opset=cfg.opset, image_size=cfg.image_size)
+        raise ValueError(
+            "no output: add output=<file> (e.g. output=model.onnx), or output=<folder> for format=hf, to the "
+            "command line"
+        )
+    export_model(
+        cfg.checkpoint,
+        cfg.format,
+        cfg.output,
+        opset=cfg.opset,
+        image_size=cfg.image_size,
+        overwrite=bool(cfg.get("overwrite", False)),
+        metrics=cfg.get("metrics"),
+    )
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Import the fixtures into a test module (``from inference_helpers import tiny_che
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,43 @@ def synthetic_heads() -> dict[str, Any]:
     """The ``heads`` record of a model trained on phantoms only."""
     items = synthetic_splits(n_train=8, n_val=0, n_test=0, size=32, classes=CLASSES)["train"]
     return training_heads(items, CLASSES, SEVERITY_TARGETS)
+
+
+#: A training fingerprint whose ids and paths must not leak into shared files (see tests/test_pretrained.py).
+SECRET_PATIENTS = ["patient-7f3a", "patient-91bc"]
+FINGERPRINT = {
+    "patient_ids": SECRET_PATIENTS,
+    "image_hashes": ["ab" * 32, "cd" * 32, "ef" * 32],
+    "hash": "phash-256",
+    "source": ["cohen"],
+    "n_items": 3,
+}
+RUN_METRICS = {"test/cls/macro_f1": 0.6125, "test/lung/dice": 0.8375, "run/precision": "32-true"}
+
+
+def write_run_checkpoint(run: Path) -> Path:
+    """``<run>/checkpoints/best.ckpt`` of a calibrated tiny model trained on Cohen-like data, and the run's
+    ``metrics.json``: temperature 1.7, recorded heads (no infection masks), fingerprint, precision."""
+    calibration = {
+        "temperature": 1.7,
+        "data": "cohen",
+        "split": "val",
+        "n_items": 20,
+        "ece_before": 0.12,
+        "ece_after": 0.04,
+        "root": "/private/hospital/films",
+        "checkpoint": "/private/runs/uncalibrated.ckpt",
+    }
+    checkpoint = write_tiny_checkpoint(
+        run / "checkpoints" / "best.ckpt",
+        temperature=1.7,
+        calibrated_on=calibration,
+        heads=cohen_heads(),
+        training_data=FINGERPRINT,
+        precision="bf16-mixed",
+    )
+    (run / "metrics.json").write_text(json.dumps(RUN_METRICS))
+    return checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -127,10 +127,24 @@ def test_output_names_follow_the_severity_head() -> None:
 
 
 def test_unknown_format_lists_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="valid formats: onnx, torchscript") as info:
+    with pytest.raises(ValueError, match=r"valid formats: onnx, torchscript, hf$") as info:
         export_model(tmp_path / "missing.ckpt", "tflite", tmp_path / "m.tflite")
     assert "'tflite'" in str(info.value)
-    assert FORMATS == ("onnx", "torchscript")
+    assert FORMATS == ("onnx", "torchscript", "hf")
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(
+    severity_checkpoint: tuple[CXRNet, Path], tmp_path: Path
+) -> None:
+    _, checkpoint = severity_checkpoint
+    output = tmp_path / "model.pt"
+    output.write_bytes(b"another model")
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        export_model(checkpoint, "torchscript", output)
+    assert output.read_bytes() == b"another model"
+    export_model(checkpoint, "torchscript", output, overwrite=True)
+    assert output.read_bytes() != b"another model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left behind
 
 
 def test_image_size_must_fit_the_output_stride(
@@ -165,5 +179,5 @@ def test_cli_writes_only_the_model(severity_checkpoint: tuple[CXRNet, Path], tmp
         capture_output=True,
         text=True,
     )
-    assert failed.returncode != 0 and "valid formats: onnx, torchscript" in failed.stderr
+    assert failed.returncode != 0 and "valid formats: onnx, torchscript, hf" in failed.stderr
     assert not (tmp_path / "outputs").exists()
