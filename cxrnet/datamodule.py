@@ -25,6 +25,7 @@ from cxrnet.data.cache import DataCache
 from cxrnet.data.dataset import CXRDataset, Item, collate
 from cxrnet.data.findings import DataReport
 from cxrnet.data.images import read_image
+from cxrnet.data.items import read_item
 from cxrnet.data.records import RawItem
 from cxrnet.data.sources._common import check_choice
 from cxrnet.data.split_config import split_arguments
@@ -49,9 +50,9 @@ class CXRDataModule(pl.LightningDataModule):
 
     Args:
         name: dataset name (``synthetic``, ``covidx``, ``qata``, ``covid_qu_ex``, ``cohen``, ``montgomery``,
-            ``shenzhen``, ``folder``); with ``sources``, just the run's label (e.g. ``mixed``).
-        root: dataset folder in its native layout (not used by ``synthetic``); with ``sources``, the folder
-            that relative source roots are taken under.
+            ``shenzhen``, ``folder``, ``xrv``); with ``sources``, just the run's label (e.g. ``mixed``).
+        root: dataset folder in its native layout (not used by ``synthetic`` and ``xrv``); with ``sources``,
+            the folder that relative source roots are taken under.
         classes: class names, in the model's logit order.
         image_size: square training size in pixels (divisible by 32).
         batch_size: per-device batch size.
@@ -89,6 +90,9 @@ class CXRDataModule(pl.LightningDataModule):
         duplicate_max_distance: images whose perceptual hashes differ in at most this many bits (of 256) are
             near-duplicates and their patients share a split; ``None`` turns detection off (then, without
             a cache and with ``on_error="error"``, no image is read at setup).
+        dataset: an in-memory dataset for a reader that wraps one (``name="xrv"``: any
+            ``torchxrayvision.datasets`` Dataset, or its Hydra config with ``_target_``); given to the reader
+            as its ``dataset`` option (:mod:`cxrnet.data.sources.xrv`).
 
     Attributes:
         report: :class:`~cxrnet.data.findings.DataReport` after ``setup`` (counts per split × class, excluded
@@ -120,6 +124,7 @@ class CXRDataModule(pl.LightningDataModule):
         on_error: str = "error",
         sources: Sequence[Mapping[str, Any]] | None = None,
         duplicate_max_distance: int | None = DUPLICATE_MAX_DISTANCE,
+        dataset: Any = None,
     ) -> None:
         super().__init__()
         # Hydra passes what the command line says (data.batch_size=abc is the string "abc"): check the numbers
@@ -189,6 +194,7 @@ class CXRDataModule(pl.LightningDataModule):
                     "on_error": on_error,
                     "duplicate_max_distance": duplicate_max_distance,
                     "num_workers": num_workers,
+                    "dataset": dataset,
                 },
                 self.cache,
             )
@@ -333,6 +339,8 @@ class CXRDataModule(pl.LightningDataModule):
                     value = known[item.path]
                 elif self.cache is not None:
                     value = self.cache.info(item).hash
+                elif item.pixels is not None:  # pixels from a dataset object, not from item.path
+                    value = read_item(item).info.hash
                 else:
                     value = image_hash(read_image(item.path))
                 patients.add(item.patient_id)

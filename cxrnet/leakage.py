@@ -292,6 +292,10 @@ def item_hash(item: RawItem | Record) -> int:
     """:func:`~cxrnet.data.splits.image_hash` of an item's full-size image (a :class:`Record`'s file is read)."""
     if isinstance(item, RawItem):
         return image_hash(item.image)
+    if item.pixels is not None:  # pixels from a dataset object (data=xrv), not from item.path
+        from cxrnet.data.items import read_item
+
+        return image_hash(read_item(item, with_hash=False).image)
     from cxrnet.data.images import read_image
 
     return image_hash(read_image(item.path))

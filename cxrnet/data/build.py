@@ -35,7 +35,15 @@ from cxrnet.data.sources import get_source
 from cxrnet.data.sources._common import check_choice
 from cxrnet.data.splits import DEFAULT_FRACTIONS, DUPLICATE_MAX_DISTANCE, find_near_duplicates, patient_split
 
-__all__ = ["ON_ERROR", "DataBuild", "SourceSpec", "build_splits", "check_options", "source_specs"]
+__all__ = [
+    "ON_ERROR",
+    "DataBuild",
+    "SourceSpec",
+    "build_splits",
+    "check_options",
+    "needs_root",
+    "source_specs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +58,8 @@ class SourceSpec:
 
     Attributes:
         name: reader name (``covidx``, ``qata``, ``covid_qu_ex``, ``cohen``, ``montgomery``, ``shenzhen``,
-            ``folder``).
-        root: the dataset folder in its native layout.
+            ``folder``, ``xrv``).
+        root: the dataset folder in its native layout (``""`` for a reader that needs none, ``xrv``).
         options: reader options (see the reader's ``read``).
         label_map: raw label → class (``None`` drops it); ``None`` keeps the reader's default map.
         on_unknown_label: ``"error"`` or ``"exclude"``; ``None`` uses the run's setting.
@@ -81,13 +89,19 @@ class SourceSpec:
         unknown = sorted(set(entry) - set(valid))
         if unknown:
             raise ValueError(f"data.sources entry {dict(entry)} has unknown keys {unknown}; valid: {valid}")
-        if not entry.get("name") or not entry.get("root"):
+        if not entry.get("name"):
             raise ValueError(f"data.sources entry {dict(entry)} needs a 'name' and a 'root'")
-        get_source(str(entry["name"]))  # an unknown name fails here, listing the valid ones
-        root = Path(str(entry["root"])).expanduser()
-        if base is not None and not root.is_absolute():
+        reader = get_source(str(entry["name"]))  # an unknown name fails here, listing the valid ones
+        if not entry.get("root") and needs_root(reader):
+            raise ValueError(f"data.sources entry {dict(entry)} needs a 'name' and a 'root'")
+        root = Path(str(entry.get("root") or "")).expanduser()
+        if base is not None and entry.get("root") and not root.is_absolute():
             root = Path(base).expanduser() / root
-        values = {**dict(entry), "root": str(root), "options": dict(entry.get("options") or {})}
+        values = {
+            **dict(entry),
+            "root": str(root) if entry.get("root") else "",
+            "options": dict(entry.get("options") or {}),
+        }
         if values.get("label_map") is not None:
             values["label_map"] = dict(values["label_map"])
         check_options(str(entry["name"]), values["options"], get_source(str(entry["name"])))
@@ -121,6 +135,13 @@ def check_options(
         )
 
 
+def needs_root(reader: Callable[..., Any]) -> bool:
+    """Whether a reader needs a dataset folder: its ``root`` has no default (readers of in-memory datasets,
+    :mod:`cxrnet.data.sources.xrv`, have one)."""
+    root = inspect.signature(reader).parameters.get("root")
+    return root is None or root.default is inspect.Parameter.empty
+
+
 def source_specs(
     name: str,
     root: str | None,
@@ -136,9 +157,10 @@ def source_specs(
     if sources:
         return [SourceSpec.from_mapping(entry, base=root) for entry in sources]
     check_options(name, dict(options or {}), get_source(name))
-    if not root:
+    if not root and needs_root(get_source(name)):
         raise ValueError(f"dataset {name!r} needs its folder: pass data.root=<dir> on the command line")
-    return [SourceSpec(name, str(root), dict(options or {}), None if label_map is None else dict(label_map))]
+    mapped = None if label_map is None else dict(label_map)
+    return [SourceSpec(name, str(root) if root else "", dict(options or {}), mapped)]
 
 
 @dataclass
@@ -416,7 +438,7 @@ def build_splits(
     try:
         if not records:
             raise ValueError(
-                f"no usable items in {', '.join(s.root for s in specs)} "
+                f"no usable items in {', '.join(s.root or s.name for s in specs)} "
                 f"({len(issues)} issues; run python -m cxrnet.data.check to list them)"
             )
         splits, said = _split(records, fractions, seed, groups, folds, fold)

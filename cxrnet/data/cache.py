@@ -15,8 +15,9 @@ once per training size as an uncompressed ``.npz`` file::
 
 ``key`` is a SHA-256 of the cache version, the reduced-read margin
 (:data:`cxrnet.data.reduction.REDUCED_READ_MARGIN`), the training size and, for the image and every mask file,
-its path, size and modification time: a changed file, another reading rule or another ``image_size`` is a
-miss, and the entry is rebuilt. Entries are written to a temporary file and moved into place with
+its path, size and modification time (and, for a record whose pixels come from an object, what that object's
+``cache_key`` says): a changed file, another reading rule or another ``image_size`` is a miss, and the entry
+is rebuilt. Entries are written to a temporary file and moved into place with
 :func:`os.replace`, so several DataLoader workers and DDP ranks may fill the same cache at once; a reader sees
 a whole entry or none. :meth:`DataCache.fill` fills it in several processes (the scan of
 :func:`cxrnet.data.build.build_splits` does, with ``data.num_workers``).
@@ -84,7 +85,9 @@ class DataCache:
         files = [record.path, *record.lung_mask, *([record.infection_mask] if record.infection_mask else [])]
         reading = [CACHE_VERSION, reduction.REDUCED_READ_MARGIN, self.image_size]
         payload = [*reading, len(record.lung_mask), [_stat(f) for f in files]]
-        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+        if record.pixels is not None:  # pixels from an object (an xrv dataset): it says what else counts
+            payload.append(record.pixels.cache_key())
+        return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
 
     def path(self, record: Record) -> Path:
         """Where the record's entry lives (whether or not it exists yet)."""
@@ -117,7 +120,9 @@ class DataCache:
         Yields:
             The :class:`ItemInfo` of each record in turn, or the :class:`ItemReadError` that its files raise.
         """
-        if workers <= 1 or len(records) <= 1:
+        # Records with in-memory pixel sources are read here: a process pool would pickle the dataset object
+        # they share once for every item.
+        if workers <= 1 or len(records) <= 1 or any(record.pixels is not None for record in records):
             yield from map(self._info_or_error, records)
             return
         pool = ProcessPoolExecutor(min(int(workers), len(records)))

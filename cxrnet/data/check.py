@@ -48,7 +48,7 @@ __all__ = ["check", "main", "render"]
 USAGE = (
     "usage: python -m cxrnet.data.check data=<name> data.root=<dir> [report=<file.json>] [strict=true] "
     "[data.<option>=<value> ...]\n"
-    "names: covidx, qata, covid_qu_ex, cohen, montgomery, shenzhen, folder, mixed"
+    "names: covidx, qata, covid_qu_ex, cohen, montgomery, shenzhen, folder, mixed, xrv (data.dataset=...)"
 )
 
 

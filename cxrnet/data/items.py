@@ -83,6 +83,9 @@ def read_item(record: Record, *, target_size: int | None = None, with_hash: bool
     range and listed as a ``"non-binary mask"`` issue; an image file that ends early but decodes (almost)
     whole is read and listed as a ``"truncated file read"`` issue.
 
+    A record with :attr:`~cxrnet.data.records.Record.pixels` is read from that object, at full size whatever
+    ``target_size``, keeping the masks the record names; whatever it raises is an unreadable item.
+
     Args:
         record: a dataset item from a reader in :mod:`cxrnet.data.sources`.
         target_size: the size the item is letterboxed to next (the training size): image and masks come back
@@ -96,6 +99,8 @@ def read_item(record: Record, *, target_size: int | None = None, with_hash: bool
         ItemReadError: the image or a mask cannot be read, or a mask's size differs from the image's (both
             at full size); the message names the file and the reason, ``kind`` says which.
     """
+    if record.pixels is not None:
+        return _read_pixels(record, with_hash)
     try:
         # through the module, so that every read of an item goes through the one images.decode_image
         decoded = images.decode_image(record.path, target_size=target_size)
@@ -112,6 +117,28 @@ def read_item(record: Record, *, target_size: int | None = None, with_hash: bool
         infection, found = _read_mask(record.infection_mask, shape, factor)
         issues += found
     info = ItemInfo(image_hash(image) if with_hash else None, shape, tuple(issues))
+    return ReadItem(image, lung, infection, info)
+
+
+def _read_pixels(record: Record, with_hash: bool) -> ReadItem:
+    """A record whose pixels come from :attr:`Record.pixels`: at full size, with the masks the record names."""
+    assert record.pixels is not None
+    try:
+        image, lung, infection = record.pixels.read()
+    except Exception as exc:  # foreign dataset code fails in its own ways; report each as an unreadable item
+        raise ItemReadError(record.path, f"{type(exc).__name__}: {exc}", KIND_UNREADABLE) from exc
+    masks = {
+        "lung mask": (bool(record.lung_mask), lung),
+        "infection mask": (record.infection_mask is not None, infection),
+    }
+    for name, (named, mask) in masks.items():
+        if named and mask is None:
+            raise ItemReadError(record.path, f"its dataset gave no {name} this time", KIND_UNREADABLE)
+        if named and mask.shape != image.shape:
+            sizes = "x".join(map(str, mask.shape)), "x".join(map(str, image.shape))
+            raise ItemReadError(record.path, f"{name} is {sizes[0]}, image {sizes[1]}", KIND_MASK_SIZE)
+    lung, infection = (mask if named else None for named, mask in masks.values())
+    info = ItemInfo(image_hash(image) if with_hash else None, (int(image.shape[0]), int(image.shape[1])))
     return ReadItem(image, lung, infection, info)
 
 

@@ -4,14 +4,43 @@ A dataset reader (``cxrnet.data.sources.*``) turns a folder on disk into a list 
 :func:`cxrnet.data.items.load_record` turns one record into a :class:`RawItem` (numpy arrays at the
 file's own size); the synthetic phantoms produce :class:`RawItem` directly. ``CXRDataset`` turns a
 ``RawItem`` into the torch ``Sample`` dict of the data contract.
+
+A record normally names files; a record whose pixels come from an object instead (an item of a
+torchxrayvision dataset, :mod:`cxrnet.data.sources.xrv`) carries that object as :attr:`Record.pixels`, and the
+one item reader (:func:`cxrnet.data.items.read_item`) asks it rather than decoding ``path``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class PixelSource(Protocol):
+    """Where a record's pixels come from when they do not come from its files.
+
+    Implementations are small per-item objects (they may share a dataset between them); they must be
+    picklable for DataLoader worker processes started with ``spawn``.
+    """
+
+    def read(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The item's pixels at full size.
+
+        Returns:
+            ``(image, lung_mask, infection_mask)``: float32 HxW in [0, 1]; bool HxW masks of the image's size,
+            or ``None`` where the item has none.
+
+        Raises:
+            Exception: anything; the item reader reports it as an unreadable item, naming ``Record.path``.
+        """
+        ...
+
+    def cache_key(self) -> list[Any]:
+        """JSON-serialisable values that change whenever the pixels :meth:`read` returns may change (a
+        :class:`~cxrnet.data.cache.DataCache` entry is rebuilt when they do)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -19,16 +48,21 @@ class Record:
     """One radiograph of a dataset, as found on disk.
 
     Attributes:
-        path: image file (PNG, JPEG or DICOM).
+        path: image file (PNG, JPEG or DICOM); with ``pixels``, the item's file when known, else a name for
+            messages (``xrv://COVID19_Dataset/12``).
         patient_id: identifier used for patient-level splits; the file stem when a dataset has none.
         source: dataset name (``"covidx"``, ``"qata"``, ...).
         label: canonical class name after the dataset's label mapping; ``None`` when unlabelled.
         raw_label: the label string exactly as the dataset spells it.
         lung_mask: mask files whose union is the lung mask (Montgomery ships left and right); empty when absent.
-        infection_mask: infection mask file, or ``None``.
+            With ``pixels``, names of the masks it provides (so that counts need no pixels).
+        infection_mask: infection mask file, or ``None`` (with ``pixels``: the name of the mask it provides).
         severity: severity scores the dataset provides, by name (``"geographic_extent"``, ``"opacity"``, ``"brixia"``).
         split: the dataset's official split (``"train"``, ``"val"``, ``"test"``) when it has one.
         meta: anything else worth keeping (view, sex, age, whether a mask is model-generated, ...).
+        pixels: reads the image and masks instead of ``path`` and the mask files (:class:`PixelSource`), or
+            ``None`` for a record of files. Only the masks the record names are used, so a reader's
+            ``use_masks: false`` applies to it too.
     """
 
     path: str
@@ -41,6 +75,7 @@ class Record:
     severity: dict[str, float] = field(default_factory=dict)
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    pixels: PixelSource | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

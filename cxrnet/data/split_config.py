@@ -23,8 +23,10 @@ def split_arguments(data: Mapping[str, Any], cache: DataCache | None = None) -> 
     Args:
         data: the data config as plain data, keyed like the arguments of ``CXRDataModule``: ``name``, ``root``,
             ``classes``, ``options``, ``label_map``, ``sources``, ``split_fractions``, ``folds``, ``fold``,
-            ``seed``, ``on_unknown_label``, ``on_error``, ``duplicate_max_distance``, ``num_workers``. Other
-            keys are not read; absent ones take the datamodule's defaults.
+            ``seed``, ``on_unknown_label``, ``on_error``, ``duplicate_max_distance``, ``num_workers``, and
+            ``dataset`` (an in-memory dataset object or its ``_target_`` config, given to the reader as its
+            ``dataset`` option: ``data=xrv``). Other keys are not read; absent ones take the datamodule's
+            defaults.
         cache: the cache of ``data.cache_dir``, if there is one (the caller keeps it to read items from).
 
     Returns:
@@ -39,9 +41,12 @@ def split_arguments(data: Mapping[str, Any], cache: DataCache | None = None) -> 
     fold = int(data.get("fold", 0) or 0)
     check_fractions(data.get("split_fractions"))
     check_folds(data.get("folds"), fold)
-    specs = source_specs(
-        data["name"], data.get("root"), data.get("options"), data.get("label_map"), data.get("sources")
-    )
+    options = dict(data.get("options") or {})
+    if data.get("dataset") is not None:
+        if "dataset" in options:
+            raise ValueError("give the dataset once: data.dataset or data.options.dataset, not both")
+        options["dataset"] = data["dataset"]
+    specs = source_specs(data["name"], data.get("root"), options, data.get("label_map"), data.get("sources"))
     return {
         "specs": specs,
         "classes": list(data["classes"]),

@@ -19,10 +19,19 @@ if TYPE_CHECKING:
     import albumentations as A
     import torch
 
+    from cxrnet.data.arrays import InputConvention
+
 
 @dataclass(frozen=True)
 class Preprocessing:
     """What the model expects; stored in every checkpoint so inference repeats training exactly.
+
+    The model takes a [0, 1] image (black 0, white 1), letterboxed to ``image_size``, as
+    ``(image - mean) / std``. Images that arrive in another pixel convention are converted to [0, 1] at the
+    edge (:meth:`prepare` with ``convention="xrv"`` for torchxrayvision's [-1024, 1024] arrays;
+    :func:`cxrnet.data.arrays.from_xrv` before ``model.predict``), so the convention is a property of an
+    input, not a field here: a model trained on a torchxrayvision dataset (``data=xrv``, converted the same
+    way) expects exactly what one trained on files does, and its checkpoint says nothing different.
 
     Attributes:
         image_size: side of the square input, in pixels (divisible by 32).
@@ -36,6 +45,33 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+    def prepare(
+        self, image: np.ndarray | torch.Tensor, *, convention: InputConvention = "cxrnet"
+    ) -> np.ndarray:
+        """One in-memory image as the model takes it: checked, letterboxed, normalised.
+
+        The path the predictor takes for an array, for one image: :func:`cxrnet.data.arrays.to_gray` (which
+        reads ``convention``), :func:`letterbox`, :func:`normalize`. The same radiograph gives the same
+        input whether it comes as 8-bit pixels, [0, 1] floats or torchxrayvision's normalised array.
+
+        Args:
+            image: the pixels, in ``convention``: ``"cxrnet"`` (uint8, uint16, bool or floats in [0, 1];
+                HxW, HxWxC, CxHxW) or ``"xrv"`` (floats in [-1024, 1024], HxW or 1xHxW, as
+                ``xrv.datasets.normalize`` returns them).
+            convention: see :data:`cxrnet.data.arrays.INPUT_CONVENTIONS`.
+
+        Returns:
+            float32 1 x image_size x image_size (add a batch axis for the model: ``x[None]``).
+
+        Raises:
+            ValueError: the image does not fit ``convention``; the message says how to fix it.
+        """
+        # imported here: cxrnet.data.arrays imports torch, which this module otherwise does without
+        from cxrnet.data.arrays import to_gray
+
+        square = letterbox(to_gray(image, convention=convention), self.image_size)
+        return normalize(square, self).astype(np.float32)[None]
 
 
 ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")

@@ -16,6 +16,7 @@ and Dabkowski & Gal 2017).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrnet.devices import compile_unavailable
+from cxrnet.models.encoder_weights import EncoderWeights, load_encoder_weights
 from cxrnet.models.encoders import build_encoder, build_segmentation_model, min_input_size
 from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, soft_dilate
 
@@ -102,6 +104,7 @@ class CXRNet(nn.Module):
             raise ValueError(f"need at least two classes, got {list(classes)}")
         severity_scales = dict(severity_scales or {})
         self.compiled = False  # set by create_model(compile=True)
+        self.encoder_weights: EncoderWeights | None = None  # set by create_model(encoder_weights=...)
         self.config: dict[str, Any] = {
             "classes": list(classes),
             "encoder": encoder,
@@ -310,7 +313,14 @@ def running_stats_kept(*modules: nn.Module | None) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
-def create_model(compile: bool = False, **config: Any) -> CXRNet:
+def create_model(
+    compile: bool = False,
+    encoder_weights: str | os.PathLike[str] | None = None,
+    encoder_weights_input: str = "xrv",
+    data_mean: float = 0.5,
+    data_std: float = 0.25,
+    **config: Any,
+) -> CXRNet:
     """Build a :class:`CXRNet` from keyword arguments, e.g. ``create_model(**checkpoint_config)``.
 
     Args:
@@ -319,9 +329,25 @@ def create_model(compile: bool = False, **config: Any) -> CXRNet:
             compiling cannot run (no C++ compiler for the CPU backend, an unsupported platform: see
             :func:`cxrnet.devices.compile_unavailable`) a warning says why and the network stays eager.
             ``model.compile=true`` in the training config. Not stored in checkpoints.
+        encoder_weights: a state-dict file for the encoders (``model.encoder_weights``): torchxrayvision's
+            DenseNet-121 for the ``densenet121`` encoders, or an smp encoder's own state dict
+            (:func:`cxrnet.models.encoder_weights.load_encoder_weights`); the report is kept as
+            ``net.encoder_weights``. Not stored in checkpoints (they hold the weights themselves). Skipped for
+            a network built on the ``meta`` device, which has no values to load into.
+        encoder_weights_input: the pixel convention those weights were trained on: ``"xrv"`` (first
+            convolution rescaled for cxrnet's normalised input) or ``"cxrnet"`` (copied unchanged).
+        data_mean, data_std: the data normalisation (``data.mean``, ``data.std``), which the rescaling needs.
         config: the arguments of :class:`CXRNet`.
+
+    Raises:
+        FileNotFoundError, ValueError: ``encoder_weights`` is missing or does not fit (see
+            :func:`~cxrnet.models.encoder_weights.load_encoder_weights`).
     """
     net = CXRNet(**config)
+    if encoder_weights and not any(p.is_meta for p in net.parameters()):
+        net.encoder_weights = load_encoder_weights(
+            net, encoder_weights, convention=encoder_weights_input, mean=data_mean, std=data_std
+        )
     if compile:
         reason = compile_unavailable("cuda" if torch.cuda.is_available() else "cpu")
         if reason is not None:

@@ -56,7 +56,16 @@ def box(rows: slice, cols: slice) -> np.ndarray:
 
 
 def test_registry_names_every_reader_and_rejects_unknown_names() -> None:
-    assert set(SOURCES) == {"covidx", "qata", "covid_qu_ex", "cohen", "montgomery", "shenzhen", "folder"}
+    assert set(SOURCES) == {
+        "covidx",
+        "qata",
+        "covid_qu_ex",
+        "cohen",
+        "montgomery",
+        "shenzhen",
+        "folder",
+        "xrv",
+    }
     assert get_source("qata") is qata.read
     with pytest.raises(ValueError, match="valid names: cohen, covid_qu_ex, covidx, folder"):
         get_source("chexpert")

@@ -2,6 +2,8 @@
 
 ``read(root, *, label_map=None, on_unknown_label="error", **options) -> SourceResult``
 
+(``xrv`` wraps an in-memory torchxrayvision dataset, its ``dataset`` option, and needs no ``root``.)
+
 A :class:`SourceResult` holds the kept :class:`~cxrnet.data.records.Record` items, the excluded items with
 their reasons, and notes. Build readers by name::
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from cxrnet.data.sources import cohen, covid_qu_ex, covidx, folder, montgomery, qata, shenzhen
+from cxrnet.data.sources import cohen, covid_qu_ex, covidx, folder, montgomery, qata, shenzhen, xrv
 from cxrnet.data.sources._common import Excluded, LabelMapper, SourceResult
 
 __all__ = ["SOURCES", "Excluded", "LabelMapper", "SourceReader", "SourceResult", "get_source", "read_source"]
@@ -30,6 +32,7 @@ SOURCES: dict[str, SourceReader] = {
     "montgomery": montgomery.read,
     "shenzhen": shenzhen.read,
     "folder": folder.read,
+    "xrv": xrv.read,
 }
 """Reader by dataset name (the names of the ``data`` config group)."""
 
