@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from cxrnet.checkpoint import CheckpointError, load_network, preprocessing_of
-from cxrnet.data.arrays import to_gray
+from cxrnet.data.arrays import INPUT_CONVENTIONS, to_gray
 from cxrnet.devices import inference_precision, resolve_device
 from cxrnet.onnx_predictor import load_onnx
 from cxrnet.prediction import FileResult, Prediction, SyntheticTrainingWarning
@@ -59,6 +59,7 @@ def load_model(
     batch_size: int = 8,
     keep_untrained: bool = False,
     precision: str = "auto",
+    input_convention: str = "cxrnet",
 ) -> Predictor:
     """Load a model safely (weights only, nothing downloaded) as a :class:`Predictor`.
 
@@ -73,6 +74,8 @@ def load_model(
             :attr:`Prediction.untrained`); by default they are withheld.
         precision: ``"auto"`` (the training rule of :func:`~cxrnet.devices.resolve_precision`) or a
             Lightning precision name; see :class:`Predictor`. ONNX models run in float32 only.
+        input_convention: ``"cxrnet"`` or ``"xrv"``: the scale of arrays and tensors given to ``predict``
+            (:attr:`Predictor.input_convention`; ``"xrv"`` takes torchxrayvision's [-1024, 1024] floats).
 
     Raises:
         CheckpointError: the file or folder is missing, not a cxrnet model, or fails validation (metadata out
@@ -81,9 +84,13 @@ def load_model(
         RuntimeError: the requested device is not available.
         ImportError: an ONNX file without onnxruntime installed.
     """
+    if input_convention not in INPUT_CONVENTIONS:  # before reading a large file
+        raise ValueError(f"input_convention={input_convention!r} is not one of {', '.join(INPUT_CONVENTIONS)}")
     path = Path(checkpoint)
     if path.suffix.lower() == ".onnx" and not path.is_dir():
-        return load_onnx(path, device, batch_size, keep_untrained=keep_untrained, precision=precision)
+        predictor = load_onnx(path, device, batch_size, keep_untrained=keep_untrained, precision=precision)
+        predictor.input_convention = input_convention
+        return predictor
     device = resolve_device(device)  # before reading a large file
     inference_precision(precision, device)  # an unknown name fails here too
     if path.is_dir():
@@ -92,7 +99,7 @@ def load_model(
         net, meta = load_network(path)
     # Set by python -m cxrnet.calibrate; validated (finite, within bounds) when the model was read.
     temperature = meta.get("temperature")
-    return Predictor(
+    predictor = Predictor(
         net,
         preprocessing_of(meta),
         device,
@@ -104,3 +111,5 @@ def load_model(
         keep_untrained=keep_untrained,
         precision=precision,
     )
+    predictor.input_convention = input_convention
+    return predictor

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from cxrnet.data.arrays import to_gray
+from cxrnet.data.arrays import INPUT_CONVENTIONS, to_gray
 from cxrnet.data.images import ImageReadError, read_image
 from cxrnet.data.transforms import (
     Letterbox,
@@ -104,6 +104,10 @@ class Predictor:
         channels_last: run the network and the batches in channels-last memory format (faster on CPUs).
 
     Attributes:
+        input_convention: how arrays and tensors given to :meth:`predict` are scaled: ``"cxrnet"`` (default:
+            8/16-bit integers or floats in [0, 1]) or ``"xrv"`` (torchxrayvision's [-1024, 1024] floats, as
+            its datasets return them); files are read by their format either way. Set it with
+            ``load_model(..., input_convention="xrv")`` or on the predictor.
         precision: the resolved precision the network runs at (e.g. ``"bf16-mixed"``).
         untrained: outputs withheld from every prediction (see :attr:`Prediction.untrained`).
         caveats: notes carried by every prediction (see :attr:`Prediction.caveats`).
@@ -168,6 +172,16 @@ class Predictor:
                 "kept but flagged untrained" if keep_untrained else "withheld from every prediction",
                 ", ".join(sorted(self.untrained)),
             )
+
+    @property
+    def input_convention(self) -> str:
+        return getattr(self, "_input_convention", "cxrnet")
+
+    @input_convention.setter
+    def input_convention(self, value: str) -> None:
+        if value not in INPUT_CONVENTIONS:
+            raise ValueError(f"input_convention={value!r} is not one of {', '.join(INPUT_CONVENTIONS)}")
+        self._input_convention = value
 
     @property
     def classes(self) -> list[str]:
@@ -331,9 +345,9 @@ class Predictor:
             self.warn_if_synthetic_only()
             return image, {"source": str(x)}
         if isinstance(x, torch.Tensor):
-            return to_gray(x), {"source": "<tensor>"}
+            return to_gray(x, convention=self.input_convention), {"source": "<tensor>"}
         if isinstance(x, np.ndarray):
-            return to_gray(x), {"source": "<array>"}
+            return to_gray(x, convention=self.input_convention), {"source": "<array>"}
         raise TypeError(
             f"cannot predict on a {type(x).__name__}; pass a file path, a numpy array, a torch tensor or a "
             "list of them"

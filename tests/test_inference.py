@@ -91,6 +91,24 @@ def test_path_array_and_tensor_give_the_same_prediction(model: Predictor, tmp_pa
     assert model.predict(torch.from_numpy(pixels)).meta["source"] == "<tensor>"
 
 
+def test_xrv_normalised_arrays_predict_like_their_pixels_with_the_xrv_convention(
+    tiny_checkpoint: Path,
+) -> None:
+    from cxrnet.data.arrays import to_xrv
+
+    pixels = radiograph(120, 100)
+    xrv_pixels = to_xrv(pixels)  # torchxrayvision's [-1024, 1024] floats, as its datasets return them
+    plain = load_model(tiny_checkpoint, batch_size=2)
+    xrv = load_model(tiny_checkpoint, batch_size=2, input_convention="xrv")
+    assert xrv.input_convention == "xrv" and plain.input_convention == "cxrnet"
+    assert_same(plain.predict(pixels), xrv.predict(xrv_pixels), atol=1e-5)
+    assert_same(plain.predict(pixels), xrv.predict(torch.from_numpy(xrv_pixels)), atol=1e-5)
+    with pytest.raises(ValueError, match="from_xrv"):  # the cxrnet convention refuses xrv's range, with the fix
+        plain.predict(xrv_pixels)
+    with pytest.raises(ValueError, match="input_convention"):
+        load_model(tiny_checkpoint, input_convention="hounsfield")
+
+
 @pytest.mark.parametrize("shape", [(250, 190), (20, 20), (190, 250), (3000, 2500)])
 def test_maps_come_back_at_the_original_size(model: Predictor, shape: tuple[int, int]) -> None:
     check_prediction(model.predict(radiograph(*shape)), shape)
