@@ -159,6 +159,7 @@ class MultiTaskLoss(nn.Module):
         severity_scales: torch.Tensor | None = None,
         deletion_logits: torch.Tensor | None = None,
         ungated_logits: torch.Tensor | None = None,
+        raw_explanation: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-term losses and their weighted ``total``.
 
@@ -170,6 +171,9 @@ class MultiTaskLoss(nn.Module):
                 is on: the true class should become unlikely once its evidence is gone.
             ungated_logits: class logits for the lung fields without the explanation gate, when the
                 ``cls_ungated`` term is on (:meth:`cxrnet.models.CXRNet.ungated_logits`).
+            raw_explanation: the explanation map before the lung gate
+                (:meth:`cxrnet.models.CXRNet.forward_with_raw_map`); ``explanation_guidance`` then holds the map
+                to the infection mask everywhere, outside the lung fields too (else it uses ``out.explanation``).
 
         Returns:
             dict of scalar tensors, one per term, plus ``total``.
@@ -191,8 +195,9 @@ class MultiTaskLoss(nn.Module):
         if self.weights["explanation_guidance"] > 0:
             # where the data says where the disease is, the map is asked to be there (Dice + BCE against the
             # infection mask, normal images included: their empty mask asks for a closed gate)
+            guided = out.explanation if raw_explanation is None else raw_explanation
             terms["explanation_guidance"] = soft_dice_bce(
-                out.explanation, batch["infection_mask"], batch["has_infection_mask"]
+                guided, batch["infection_mask"], batch["has_infection_mask"]
             )
         if out.severity is not None:
             if severity_scales is None:

@@ -95,7 +95,11 @@ class CXRNetModule(pl.LightningModule):
         return self.net(x)
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
-        out = self.net(batch["image"])
+        raw = None
+        if self.loss.weights["explanation_guidance"] > 0:  # guidance holds the map down outside the lungs too
+            out, raw = self.net.forward_with_raw_map(batch["image"])
+        else:
+            out = self.net(batch["image"])
         deletion_logits = ungated_logits = None
         if self.loss.weights["deletion"] > 0:
             deletion_logits = self.net.deletion_logits(batch["image"], out.explanation, out.lung_logits)
@@ -103,7 +107,12 @@ class CXRNetModule(pl.LightningModule):
             ungated_logits = self.net.ungated_logits(batch["image"], out.lung_logits)
         scales = self.net.severity_head.scales if self.net.severity_head is not None else None
         terms = self.loss(
-            out, batch, severity_scales=scales, deletion_logits=deletion_logits, ungated_logits=ungated_logits
+            out,
+            batch,
+            severity_scales=scales,
+            deletion_logits=deletion_logits,
+            ungated_logits=ungated_logits,
+            raw_explanation=raw,
         )
         batch_size = batch["image"].shape[0]
         self.log_dict(

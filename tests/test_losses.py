@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -147,6 +148,55 @@ def test_guidance_asks_the_map_to_match_the_infection_mask_where_there_is_one() 
         loss(out._replace(explanation=other), batch)["explanation_guidance"],
         loss(matching, batch)["explanation_guidance"],
     )
+
+
+def test_guidance_holds_the_map_before_the_lung_gate_down_outside_the_lungs_too() -> None:
+    # The gated map can match the mask while the map behind the gate is high outside the lungs; guided on the
+    # raw map, that costs (it left a bright rim along the lung borders of the gated map).
+    batch = {**_batch(), "has_infection_mask": torch.tensor([True, True, True, True])}
+    target = batch["infection_mask"]
+    out = _output(requires_grad=False)._replace(explanation=target.clone())
+    loss = MultiTaskLoss({"explanation_guidance": 1.0})
+    outside = target.clone()
+    outside[..., :, :3] = 1.0  # high where the lung gate hides it
+    gated_only = float(loss(out, batch)["explanation_guidance"])
+    assert float(loss(out, batch, raw_explanation=target.clone())["explanation_guidance"]) == pytest.approx(
+        gated_only, abs=1e-6
+    )
+    assert float(loss(out, batch, raw_explanation=outside)["explanation_guidance"]) > gated_only + 0.5
+
+
+def test_the_module_guides_the_raw_map_in_one_forward_pass() -> None:
+    from cxrnet.models import create_model
+    from cxrnet.module import CXRNetModule
+
+    torch.manual_seed(0)
+    net = create_model(
+        classes=["normal", "covid19"],
+        encoder="tu-mobilenetv3_small_100",
+        decoder_channels=[32, 24, 16, 16, 8],
+        gate_with_lungs=True,
+    ).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out, raw = net.forward_with_raw_map(x)
+        for a, b in zip(out, net(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(out.explanation, raw * net.lung_gate(out.lung_logits, raw))
+    seen: dict[str, torch.Tensor | None] = {}
+    loss = MultiTaskLoss({"explanation_guidance": 1.0})
+    real = loss.forward
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen["raw"] = kwargs.get("raw_explanation")
+        return real(*args, **kwargs)
+
+    loss.forward = spy  # type: ignore[method-assign]
+    module = CXRNetModule(net, loss=loss)
+    module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    batch = {**_batch(b=2, size=64), "image": x}
+    module._shared_step(batch, "train")
+    assert seen["raw"] is not None and seen["raw"].shape == (2, 1, 64, 64)
 
 
 def test_ungated_term_is_the_classification_loss_of_the_ungated_view() -> None:

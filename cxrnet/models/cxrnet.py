@@ -211,9 +211,12 @@ class CXRNet(nn.Module):
     def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(lung_logits, infection_logits, explanation)``, each B×1×H×W; the explanation is the effective gate
         (:meth:`gate_map`): exactly what encoder 2 is allowed to see."""
+        lung_logits, infection_logits, raw = self._raw_maps(x)
+        return lung_logits, infection_logits, self.gate_map(lung_logits, raw)
+
+    def _raw_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         maps = self.segment(x)
-        lung_logits, infection_logits, explanation_logits = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
-        return lung_logits, infection_logits, self.gate_map(lung_logits, torch.sigmoid(explanation_logits))
+        return maps[:, 0:1], maps[:, 1:2], torch.sigmoid(maps[:, 2:3])
 
     def gated_input(self, x: torch.Tensor) -> torch.Tensor:
         """The B×1×H×W image as encoder 2 sees it in :meth:`forward` (for explainers that wrap encoder 2)."""
@@ -262,11 +265,20 @@ class CXRNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> CXRNetOutput:
         """Run the whole network on a normalised B×1×H×W batch (H, W divisible by ``output_stride``)."""
+        return self.forward_with_raw_map(x)[0]
+
+    def forward_with_raw_map(self, x: torch.Tensor) -> tuple[CXRNetOutput, torch.Tensor]:
+        """:meth:`forward`, plus the B×1×H×W explanation map *before* the lung gate (the sigmoid of the
+        explanation logits), in one pass. The ``explanation_guidance`` loss constrains this map everywhere:
+        on the gated map alone, nothing holds the map down outside the lung fields, and the steep fall it then
+        needs at the gate's edge leaves a bright rim along the lung borders."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
-        lung_logits, infection_logits, explanation = self.maps(x)
+        lung_logits, infection_logits, raw = self._raw_maps(x)
+        explanation = self.gate_map(lung_logits, raw)
         heads = self.forward_heads(self.forward_features(apply_gate(x, explanation, self.gate_fill)))
-        return CXRNetOutput(lung_logits, infection_logits, explanation, heads.class_logits, heads.severity)
+        out = CXRNetOutput(lung_logits, infection_logits, explanation, heads.class_logits, heads.severity)
+        return out, raw
 
 
 @contextmanager
