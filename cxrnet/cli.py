@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cxrnet.export", "export a checkpoint (ONNX, TorchScript, a shareable folder)"),
     "explain": ("cxrnet.explain.evaluate", "score the native explanation and the CAM family on a split"),
     "check": ("cxrnet.data.check", "inspect a dataset: counts per split and class, every problem found"),
+    "serve": ("cxrnet.serve", "local web viewer: upload radiographs or browse a predict run (127.0.0.1:8765)"),
 }
 
 # Completion in bash (and zsh after `autoload -U bashcompinit && bashcompinit`): the command word from

@@ -107,6 +107,8 @@ def test_the_wheel_ships_the_configs_and_type_marker_and_runs_outside_the_reposi
     (wheel,) = dist.glob("cxrnet-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "cxrnet/py.typed" in names
+    static = {str(p.relative_to(ROOT)) for p in (ROOT / "cxrnet" / "serve" / "static").iterdir() if p.is_file()}
+    assert static and static <= names  # the viewer's page ships with it
     configs = {n.removeprefix("cxrnet/conf/") for n in names if n.startswith("cxrnet/conf/")}
     shipped = {str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*") if p.suffix in {".yaml", ".py"}}
     assert shipped <= configs

@@ -23,6 +23,7 @@ COMMANDS = (
     "cxrnet.export",
     "cxrnet.explain.evaluate",
     "cxrnet.data.check",
+    "cxrnet.serve",
 )
 
 
