@@ -96,7 +96,7 @@ class CXRNetModule(pl.LightningModule):
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         raw = None
-        if self.loss.weights["explanation_guidance"] > 0:  # guidance holds the map down outside the lungs too
+        if self.loss.weights["explanation_guidance"] > 0 and self.loss.guide_raw_map:
             out, raw = self.net.forward_with_raw_map(batch["image"])
         else:
             out = self.net(batch["image"])

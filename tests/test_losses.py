@@ -184,7 +184,7 @@ def test_the_module_guides_the_raw_map_in_one_forward_pass() -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(out.explanation, raw * net.lung_gate(out.lung_logits, raw))
     seen: dict[str, torch.Tensor | None] = {}
-    loss = MultiTaskLoss({"explanation_guidance": 1.0})
+    loss = MultiTaskLoss({"explanation_guidance": 1.0}, guide_raw_map=True)
     real = loss.forward
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -197,6 +197,9 @@ def test_the_module_guides_the_raw_map_in_one_forward_pass() -> None:
     batch = {**_batch(b=2, size=64), "image": x}
     module._shared_step(batch, "train")
     assert seen["raw"] is not None and seen["raw"].shape == (2, 1, 64, 64)
+    loss.guide_raw_map = False  # the default: guidance on the gated map, no raw map passed
+    module._shared_step(batch, "train")
+    assert seen["raw"] is None
 
 
 def test_ungated_term_is_the_classification_loss_of_the_ungated_view() -> None:

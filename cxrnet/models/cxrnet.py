@@ -269,9 +269,10 @@ class CXRNet(nn.Module):
 
     def forward_with_raw_map(self, x: torch.Tensor) -> tuple[CXRNetOutput, torch.Tensor]:
         """:meth:`forward`, plus the B×1×H×W explanation map *before* the lung gate (the sigmoid of the
-        explanation logits), in one pass. The ``explanation_guidance`` loss constrains this map everywhere:
-        on the gated map alone, nothing holds the map down outside the lung fields, and the steep fall it then
-        needs at the gate's edge leaves a bright rim along the lung borders."""
+        explanation logits), in one pass. With ``loss.guide_raw_map=true`` the ``explanation_guidance`` loss
+        constrains this map everywhere: on the gated map alone, nothing holds the map down outside the lung
+        fields, and the steep fall it then needs at the gate's edge can leave a bright rim along the lung
+        borders (experiments/explanations/README.md)."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
         lung_logits, infection_logits, raw = self._raw_maps(x)
