@@ -21,18 +21,21 @@ COLUMNS = [
 
 
 def main(paths: list[str]) -> None:
-    print("| run | method | " + " | ".join(title for _, title in COLUMNS) + " | images/s |")
-    print("|---|---|" + "---:|" * (len(COLUMNS) + 1))
+    print("| run | method | " + " | ".join(title for _, title in COLUMNS) + " | n lesions / lungs | images/s |")
+    print("|---|---|" + "---:|" * (len(COLUMNS) + 2))
     for path in paths:
         results = json.loads(Path(path).read_text())
-        run = Path(path).parent.parent.name
+        folder = Path(path).parent  # <run>/explain (run.sh) or <root>/<dataset> (real.sh)
+        run = folder.parent.name if folder.name == "explain" else f"{folder.parent.name}/{folder.name}"
         for method, scores in results["methods"].items():
             cells = []
             for key, _ in COLUMNS:
                 mean = scores.get(key, {}).get("mean")
                 cells.append("–" if mean is None else f"{mean:.3f}")
+            counts = f"{scores['average_precision']['n']} / {scores['lung_share']['n']}"
             rate = scores.get("images_per_second")
-            print(f"| {run} | {method} | " + " | ".join(cells) + f" | {'–' if rate is None else f'{rate:.1f}'} |")
+            rate_text = "–" if rate is None else f"{rate:.1f}"
+            print(f"| {run} | {method} | " + " | ".join(cells) + f" | {counts} | {rate_text} |")
 
 
 if __name__ == "__main__":
