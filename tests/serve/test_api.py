@@ -18,7 +18,7 @@ from cxrnet.severity import ZONE_NAMES
 from inference_helpers import radiograph, write_run_checkpoint
 
 if TYPE_CHECKING:
-    from conftest import Viewer
+    from serve.conftest import Viewer
 
 
 def _png(data: bytes) -> np.ndarray:

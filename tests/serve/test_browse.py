@@ -17,7 +17,7 @@ from PIL import Image
 from cxrnet.serve.browse import PredictionsTable
 
 if TYPE_CHECKING:
-    from conftest import Viewer
+    from serve.conftest import Viewer
 
 
 def test_the_table_lists_every_row_with_numbers_and_errors(make_viewer, predict_folder: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Viewer
+    from serve.conftest import Viewer
 
 
 def _folder(viewer: Viewer, sid: str) -> Path:
