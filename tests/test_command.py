@@ -33,7 +33,7 @@ def test_every_hydra_main_reads_the_one_config_path() -> None:
                 found[path.relative_to(PACKAGE).as_posix()] = next(
                     ast.unparse(k.value) for k in node.keywords if k.arg == "config_path"
                 )
-    assert len(found) == 6, sorted(found)  # train, predict, evaluate, calibrate, export, explain/evaluate
+    assert len(found) == 7, sorted(found)  # train, predict, evaluate, calibrate, export, explain/evaluate, serve
     assert set(found.values()) == {"CONFIG_PATH"}, found
 
 
