@@ -164,6 +164,7 @@ class Predictor:
         self.caveats = caveats(heads, training_data, self.severity_targets)
         self.synthetic_only = synthetic_only(heads, training_data)
         self.keep_untrained = bool(keep_untrained)
+        self._input_convention = "cxrnet"
         self._warned_synthetic = False
         if self.untrained:
             log.info(
@@ -175,7 +176,7 @@ class Predictor:
 
     @property
     def input_convention(self) -> str:
-        return getattr(self, "_input_convention", "cxrnet")
+        return self._input_convention
 
     @input_convention.setter
     def input_convention(self, value: str) -> None:
