@@ -248,6 +248,7 @@ def _check_model(path: Path, model: Any) -> dict[str, Any]:
             path, f"{field}.gate_fill", f"is {_show(model['gate_fill'])}; expected one of {_GATE_FILLS}"
         )
     _real(path, f"{field}.lung_dilation", model.get("lung_dilation", 0.0), 0.0, 1.0)
+    _real(path, f"{field}.explanation_smoothing", model.get("explanation_smoothing", 0.0), 0.0, 0.5)
     _real(path, f"{field}.dropout", model.get("dropout", 0.0), 0.0, 1.0)
     return {"classes": list(model["classes"]), "severity_targets": targets, "severity_scales": scales}
 

@@ -29,7 +29,7 @@ from torch import nn
 from cxrnet.devices import compile_unavailable
 from cxrnet.models.encoder_weights import EncoderWeights, load_encoder_weights
 from cxrnet.models.encoders import build_encoder, build_segmentation_model, min_input_size
-from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, soft_dilate
+from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, gaussian_blur, soft_dilate
 
 MAP_NAMES = ("lung", "infection", "explanation")
 EXPLANATION_INIT_BIAS = 2.0
@@ -81,6 +81,10 @@ class CXRNet(nn.Module):
         gate_with_lungs: encoder 2 only sees what lies inside the predicted, slightly dilated lung fields.
         gate_fill: ``"zero"`` or ``"blur"``: what replaces the gated-out image.
         lung_dilation: dilation of the lung gate as a fraction of the image width.
+        explanation_smoothing: standard deviation of a Gaussian blur of the gated explanation map, as a
+            fraction of the image width (0 = none). The blurred map is gated again, so it stays exactly zero
+            outside the lung fields; a thin rim along the gate's edge loses about half its height, and a map
+            can no longer peak on one bright pixel (experiments/explanations/README.md).
         dropout: dropout before the classifier.
     """
 
@@ -97,6 +101,7 @@ class CXRNet(nn.Module):
         gate_with_lungs: bool = False,
         gate_fill: str = "zero",
         lung_dilation: float = 0.03,
+        explanation_smoothing: float = 0.0,
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
@@ -117,6 +122,7 @@ class CXRNet(nn.Module):
             "gate_with_lungs": gate_with_lungs,
             "gate_fill": gate_fill,
             "lung_dilation": lung_dilation,
+            "explanation_smoothing": explanation_smoothing,
             "dropout": dropout,
         }
         self.classes = list(classes)
@@ -124,6 +130,12 @@ class CXRNet(nn.Module):
         self.gate_with_lungs = gate_with_lungs
         self.gate_fill = gate_fill
         self.lung_dilation = lung_dilation
+        if not 0.0 <= explanation_smoothing < 0.5:
+            raise ValueError(
+                f"explanation_smoothing is {explanation_smoothing}; expected a fraction of the image width "
+                "in [0, 0.5) (0 = no smoothing)"
+            )
+        self.explanation_smoothing = explanation_smoothing
         apply_gate(
             torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), gate_fill
         )  # fail now, not at the first batch
@@ -199,10 +211,14 @@ class CXRNet(nn.Module):
 
     def gate_map(self, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
         """The effective B×1×H×W gate: the explanation map, times :meth:`lung_gate` with ``gate_with_lungs``
-        (outside the dilated lung fields the gate is then exactly zero)."""
+        (outside the dilated lung fields the gate is then exactly zero), blurred by ``explanation_smoothing``
+        and gated again."""
+        sigma = self.explanation_smoothing * int(explanation.shape[-1])
         if not self.gate_with_lungs:
-            return explanation
-        return explanation * self.lung_gate(lung_logits, explanation)
+            return gaussian_blur(explanation, sigma)
+        lungs = self.lung_gate(lung_logits, explanation)
+        gated = explanation * lungs
+        return gaussian_blur(gated, sigma) * lungs if sigma > 0 else gated
 
     def gate(self, x: torch.Tensor, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
         """The image as encoder 2 sees it: gated by the explanation (and the dilated lung fields)."""

@@ -46,6 +46,19 @@ def soft_dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return F.max_pool2d(mask, kernel_size=2 * pixels + 1, stride=1, padding=pixels)
 
 
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a B×1×H×W map with standard deviation ``sigma`` pixels (separable, truncated at 3σ,
+    zero beyond the image border); ``sigma <= 0`` returns ``image`` unchanged."""
+    if sigma <= 0:
+        return image
+    radius = max(1, int(3 * sigma + 0.5))
+    offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(image.dtype)
+    out = F.conv2d(image, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+
+
 def blur(image: torch.Tensor, pixels: int) -> torch.Tensor:
     """Box blur of a B×C×H×W tensor; the background that replaces gated-out regions in ``gate_fill='blur'``."""
     kernel = 2 * pixels + 1

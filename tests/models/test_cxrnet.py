@@ -142,6 +142,35 @@ def test_gate_with_lungs_removes_everything_outside_the_lungs() -> None:
     assert outside.any() and float(out.explanation.detach()[outside].abs().max()) == 0.0
 
 
+def test_explanation_smoothing_flattens_a_rim_at_the_lung_border_and_keeps_the_gate() -> None:
+    net = create_model(
+        classes=CLASSES,
+        encoder="tu-mobilenetv3_small_100",
+        gate_with_lungs=True,
+        lung_dilation=0,
+        explanation_smoothing=2 / 64,  # σ = 2 px
+    )
+    lung_logits = torch.full((1, 1, 64, 64), -20.0)
+    lung_logits[..., 10:54, 10:54] = 20.0
+    raw = torch.zeros(1, 1, 64, 64)
+    raw[..., 10:54, 10] = 1.0  # a one-pixel rim along the lung border
+    raw[..., 28:38, 28:38] = 1.0  # a 10×10 lesion inside
+    gate = net.gate_map(lung_logits, raw)
+    assert float(gate[..., :10, :].max()) == 0.0 and float(gate[..., 54:, :].max()) == 0.0  # gated again
+    assert float(gate.min()) >= 0.0 and float(gate.max()) <= 1.0
+    # The rim fades; the lesion stays.
+    assert float(gate[..., 30, 10]) < 0.2 and float(gate[..., 33, 33]) > 0.9
+    peak = divmod(int(gate.argmax()), 64)
+    assert 28 <= peak[0] < 38 and 28 <= peak[1] < 38
+    # Off (the default), the same map peaks on the rim as much as on the lesion.
+    plain = create_model(
+        classes=CLASSES, encoder="tu-mobilenetv3_small_100", gate_with_lungs=True, lung_dilation=0
+    )
+    assert float(plain.gate_map(lung_logits, raw)[..., 30, 10]) == 1.0
+    with pytest.raises(ValueError, match=r"explanation_smoothing is 0\.7"):
+        create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100", explanation_smoothing=0.7)
+
+
 def test_size_not_divisible_by_32_says_how_to_pad() -> None:
     net = create_model(classes=CLASSES, encoder="tu-mobilenetv3_small_100")
     with pytest.raises(ValueError, match=r"250×250 is not divisible by 32; pad it to 256×256"):
@@ -298,6 +327,8 @@ def test_ungated_view_trains_weights_but_keeps_the_gated_normalisation_statistic
         assert int(m.num_batches_tracked) == count
     assert [m.momentum for m in norms] == momenta  # restored
     logits.sum().backward()  # the weights still learn from the view
-    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.classifier_encoder.parameters())
+    assert any(
+        p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.classifier_encoder.parameters()
+    )
     net(x * 3 + 1)  # while the main forward still updates them
     assert any(not torch.equal(m.running_mean, mean) for m, (mean, _, _) in zip(norms, before))
