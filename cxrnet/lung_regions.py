@@ -2,8 +2,8 @@
 
 The regions that :mod:`cxrnet.severity` scores; pure functions of numpy arrays, with the conventions given
 there: frontal radiographs as displayed (the patient's **right** lung on the **image left**), ``(H, W)``
-masks with row 0 at the top. Connected components come from :func:`skimage.measure.label` and
-:func:`skimage.measure.regionprops`; distances to a lung from :func:`scipy.ndimage.distance_transform_edt`
+masks with row 0 at the top. Connected components come from :func:`skimage.measure.label` (their sizes and
+sides from counts over the label image); distances to a lung from :func:`scipy.ndimage.distance_transform_edt`
 (scikit-image has no exact Euclidean distance transform of its own).
 """
 
@@ -154,44 +154,53 @@ def split_lungs(lung_mask: npt.ArrayLike) -> tuple[BoolMask, BoolMask]:
 
     # 8-connectivity: diagonal contact along a jagged predicted border is still one piece.
     labels = measure.label(mask, connectivity=2)
-    components = measure.regionprops(labels)
-    areas = np.array([component.num_pixels for component in components])
+    # Per-component sums over the label image (one pass each), not a RegionProperties object per
+    # component: an untrained or confused model's mask can hold hundreds of specks.
+    ids = np.arange(1, int(labels.max()) + 1)
+    areas = np.bincount(labels.ravel(), minlength=len(ids) + 1)[1:]
     is_major = areas >= SPURIOUS_AREA_FRACTION * areas.sum()
     if not is_major.any():  # a mask shattered into many specks: keep them all rather than nothing
         is_major[:] = True
-    majors = [c for c, major in zip(components, is_major) if major]
-    minors = [c for c, major in zip(components, is_major) if not major]
+    majors, minors = ids[is_major], ids[~is_major]
 
-    core = np.isin(labels, [c.label for c in majors])
+    core = _members(labels, majors)
     cut = _cut_column(core)
     if cut is None:
         cx = np.nonzero(core)[1].mean()
         (right if cx < mask.shape[1] / 2 else left)[core] = True
     else:
-        for component in majors:
-            rows, cols = component.coords.T
-            on_image_left = cols < cut
-            image_left_share = np.count_nonzero(on_image_left) / component.num_pixels
-            if image_left_share >= 1 - STRADDLE_MAX_SHARE:
-                right[rows, cols] = True
-            elif image_left_share <= STRADDLE_MAX_SHARE:
-                left[rows, cols] = True
-            else:
-                right[rows[on_image_left], cols[on_image_left]] = True
-                left[rows[~on_image_left], cols[~on_image_left]] = True
+        on_image_left = np.bincount(labels[:, :cut].ravel(), minlength=len(ids) + 1)[1:]
+        image_left_share = on_image_left[is_major] / areas[is_major]
+        right |= _members(labels, majors[image_left_share >= 1 - STRADDLE_MAX_SHARE])
+        left |= _members(labels, majors[image_left_share <= STRADDLE_MAX_SHARE])
+        straddling = (image_left_share > STRADDLE_MAX_SHARE) & (image_left_share < 1 - STRADDLE_MAX_SHARE)
+        if straddling.any():
+            split = _members(labels, majors[straddling])
+            right[:, :cut] |= split[:, :cut]
+            left[:, cut:] |= split[:, cut:]
 
-    if minors:
+    if len(minors):
         max_distance = max(1.0, ATTACH_DISTANCE_FRACTION * min(mask.shape))
         # Distance of every pixel to each lung; inf where the lung is absent.
         dist_right = ndimage.distance_transform_edt(~right) if right.any() else np.full(mask.shape, np.inf)
         dist_left = ndimage.distance_transform_edt(~left) if left.any() else np.full(mask.shape, np.inf)
-        for component in minors:
-            rows, cols = component.coords.T
-            d_right, d_left = dist_right[rows, cols].min(), dist_left[rows, cols].min()
-            if min(d_right, d_left) > max_distance:
-                continue
-            (right if d_right <= d_left else left)[rows, cols] = True
+        d_right = np.asarray(ndimage.minimum(dist_right, labels, minors)).reshape(-1)
+        d_left = np.asarray(ndimage.minimum(dist_left, labels, minors)).reshape(-1)
+        near = np.minimum(d_right, d_left) <= max_distance
+        to_right = near & (d_right <= d_left)
+        to_left = near & (d_right > d_left)
+        if to_right.any():
+            right |= _members(labels, minors[to_right])
+        if to_left.any():
+            left |= _members(labels, minors[to_left])
     return right, left
+
+
+def _members(labels: np.ndarray, ids: np.ndarray) -> BoolMask:
+    """Where ``labels`` is one of ``ids`` (a lookup table: faster than ``np.isin`` for many labels)."""
+    table = np.zeros(int(labels.max()) + 1, dtype=bool)
+    table[ids] = True
+    return table[labels]
 
 
 def lung_zones(lung: npt.ArrayLike) -> tuple[BoolMask, BoolMask, BoolMask]:

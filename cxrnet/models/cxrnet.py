@@ -29,7 +29,7 @@ from torch import nn
 from cxrnet.devices import compile_unavailable
 from cxrnet.models.encoder_weights import EncoderWeights, load_encoder_weights
 from cxrnet.models.encoders import build_encoder, build_segmentation_model, min_input_size
-from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, gaussian_blur, soft_dilate
+from cxrnet.models.heads import ClassificationHead, SeverityHead, apply_gate, dilate_mask, gaussian_blur
 
 MAP_NAMES = ("lung", "infection", "explanation")
 EXPLANATION_INIT_BIAS = 2.0
@@ -207,7 +207,7 @@ class CXRNet(nn.Module):
         # able to redraw the lungs to suit itself, and soft probability tails outside the lungs would let
         # markers and borders through (measured on real films: a fifth of the gate's mass lay there).
         lungs = (lung_logits.detach() > 0).to(like.dtype)
-        return soft_dilate(lungs, round(self.lung_dilation * int(like.shape[-1])))
+        return dilate_mask(lungs, round(self.lung_dilation * int(like.shape[-1])))
 
     def gate_map(self, lung_logits: torch.Tensor, explanation: torch.Tensor) -> torch.Tensor:
         """The effective B×1×H×W gate: the explanation map, times :meth:`lung_gate` with ``gate_with_lungs``

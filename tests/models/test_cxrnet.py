@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cxrnet.models import CXRNet, CXRNetOutput, create_model, list_decoders, list_encoders, pad_to_multiple
 from cxrnet.models.encoders import DILATED_DECODERS, min_input_size
+from cxrnet.models.heads import dilate_mask
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CLASSES = ["normal", "bacterial", "viral", "covid19"]
@@ -140,6 +142,18 @@ def test_gate_with_lungs_removes_everything_outside_the_lungs() -> None:
     out = net.eval()(x)
     outside = out.lung_logits <= 0  # the predicted lung fields are where the probability exceeds 0.5
     assert outside.any() and float(out.explanation.detach()[outside].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pixels", [0, 1, 3, 8])
+def test_lung_dilation_is_a_square_max_filter(dtype: torch.dtype, pixels: int) -> None:
+    torch.manual_seed(pixels)
+    mask = (torch.rand(2, 1, 96, 80) > 0.97).to(dtype)
+    mask[0, 0, 0, 0] = mask[1, 0, -1, -1] = 1  # corners: the square is cut at the border
+    expected = F.max_pool2d(mask.float(), 2 * pixels + 1, stride=1, padding=pixels) if pixels else mask
+    got = dilate_mask(mask, pixels)
+    assert got.dtype == dtype
+    assert torch.equal(got.float(), expected.float())
 
 
 def test_explanation_smoothing_flattens_a_rim_at_the_lung_border_and_keeps_the_gate() -> None:
