@@ -12,6 +12,9 @@ classifies the lung fields without the explanation gate, so encoder 2 must recog
 pixels; :meth:`CXRNet.deletion_logits` classifies the lung fields with the map's region removed, through a
 frozen encoder 2, so the map must cover *all* the evidence (a deletion objective, after Fong & Vedaldi 2017
 and Dabkowski & Gal 2017).
+
+``explanation_smoothing`` blurs the gated map and gates it again (:meth:`CXRNet.gate_map`): a map that is
+sharp at the gate's edge can otherwise peak on a one-pixel rim along the lung borders, away from the disease.
 """
 
 from __future__ import annotations
