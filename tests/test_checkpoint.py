@@ -39,6 +39,23 @@ def test_minimal_checkpoint_round_trip(tmp_path: Path) -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
+def test_explanation_smoothing_round_trips_and_is_stored_only_when_set(tmp_path: Path, smoothing: float) -> None:
+    # 0.5 is the top of the range that both the model and checkpoint validation accept; without
+    # smoothing the key is left out, so that cxrnet releases older than the option still load the file.
+    net = create_model(
+        classes=CLASSES, encoder="tu-mobilenetv3_small_100", explanation_smoothing=smoothing
+    ).eval()
+    path = save_checkpoint(tmp_path / "net.ckpt", net, Preprocessing(image_size=64, mean=0.4, std=0.3))
+    stored = read_checkpoint(path)["cxrnet"]["model"]
+    assert ("explanation_smoothing" in stored) == bool(smoothing)
+    rebuilt, _ = load_network(path)
+    assert rebuilt.explanation_smoothing == smoothing
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x).explanation, rebuilt(x).explanation, rtol=0, atol=0)
+
+
 class _RunsCode:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (os.system, ("touch pwned_by_checkpoint",))

@@ -125,18 +125,20 @@ class CXRNet(nn.Module):
             "gate_with_lungs": gate_with_lungs,
             "gate_fill": gate_fill,
             "lung_dilation": lung_dilation,
-            "explanation_smoothing": explanation_smoothing,
             "dropout": dropout,
         }
+        if explanation_smoothing:
+            # Only when set: a checkpoint without smoothing then loads in cxrnet releases that predate it.
+            self.config["explanation_smoothing"] = explanation_smoothing
         self.classes = list(classes)
         self.severity_targets = list(severity_targets)
         self.gate_with_lungs = gate_with_lungs
         self.gate_fill = gate_fill
         self.lung_dilation = lung_dilation
-        if not 0.0 <= explanation_smoothing < 0.5:
+        if not 0.0 <= explanation_smoothing <= 0.5:
             raise ValueError(
                 f"explanation_smoothing is {explanation_smoothing}; expected a fraction of the image width "
-                "in [0, 0.5) (0 = no smoothing)"
+                "in [0, 0.5] (0 = no smoothing)"
             )
         self.explanation_smoothing = explanation_smoothing
         apply_gate(

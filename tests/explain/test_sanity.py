@@ -139,12 +139,18 @@ def trained() -> dict[str, torch.Tensor | CXRNet]:
     images, labels = blob_task(128, seed=0)
     shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(5))]
     test_images, test_labels = blob_task(48, seed=99)
+    true = train_tiny(images, labels)
+    with torch.no_grad():
+        recognised = true(test_images).class_logits.argmax(1) == 1
+    # The checks explain the class the model predicts, so they run on blob images it recognises: a few
+    # dozen steps learn the task on every CPU, but which one or two test blobs it misses depends on the
+    # CPU's convolution kernels (none on an AMD EPYC, two of the first twelve on an Intel Xeon with AMX).
     return {
-        "true": train_tiny(images, labels),
+        "true": true,
         "shuffled": train_tiny(images, shuffled),
         "test_images": test_images,
         "test_labels": test_labels,
-        "blobs": test_images[test_labels == 1][:12],
+        "blobs": test_images[(test_labels == 1) & recognised][:12],
     }
 
 
