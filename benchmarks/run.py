@@ -1,6 +1,7 @@
 """The benchmark suite of issue 11: speed ratios measured in one process, interleaved, into one JSON.
 
     python benchmarks/run.py [--out benchmarks/results/run.json] [--quick] [--only P1,P4]
+                             [--omp-wait-policy passive|default|active]
 
 Ratios (each side measured in the same rounds, alternating; see ``benchmarks/README.md``):
 
@@ -22,15 +23,11 @@ section, so a failed or interrupted run keeps what it measured.
 
 from __future__ import annotations
 
-import os
-
-# Idle OpenMP threads spin by default and, on a small shared machine, slow everything else down; must be set
-# before torch is imported. The value in effect is recorded in the machine section.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import dataclasses
 import logging
+import os
+import sys
 import tempfile
 import time
 import traceback
@@ -39,14 +36,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+# Idle OpenMP threads spin by default and, on a small shared machine, slow everything else down: PASSIVE
+# unless the environment or --omp-wait-policy says otherwise (``default`` unsets it: the runtime's own
+# spin-then-sleep, what a user's shell gives). Read when torch loads, so looked at before torch is imported;
+# the value in effect is recorded in the machine section.
+OMP_FLAG = "--omp-wait-policy"
+OMP_POLICIES = ("passive", "active", "default")
 
-from cxrnet.devices import resolve_precision
 
-from _loading import p3_loader
-from _machine import load_average, machine_section, write_json_atomic
-from _sections import FLOAT32, Context, Sizes, p1_framework, p2_flops, p5_plain_unet, reference
-from _serving import p4_predict
+def _omp_wait_policy(argv: list[str]) -> str | None:
+    """The value of ``--omp-wait-policy`` in ``argv`` (``None``: not given; argparse checks it later)."""
+    for index, arg in enumerate(argv):
+        if arg == OMP_FLAG and index + 1 < len(argv):
+            return argv[index + 1].lower()
+        if arg.startswith(OMP_FLAG + "="):
+            return arg.split("=", 1)[1].lower()
+    return None
+
+
+_policy = _omp_wait_policy(sys.argv[1:])
+if _policy == "default":
+    os.environ.pop("OMP_WAIT_POLICY", None)
+elif _policy in ("passive", "active"):
+    os.environ["OMP_WAIT_POLICY"] = _policy.upper()
+else:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from cxrnet.devices import resolve_precision  # noqa: E402
+
+from _loading import p3_loader  # noqa: E402
+from _machine import load_average, machine_section, write_json_atomic  # noqa: E402
+from _sections import FLOAT32, Context, Sizes, p1_framework, p2_flops, p5_plain_unet, reference  # noqa: E402
+from _serving import p4_predict  # noqa: E402
 
 SECTIONS = ("P1", "P2", "P3", "P4", "P5", "ref")
 
@@ -162,6 +185,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, numbers mean nothing")
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        OMP_FLAG,
+        choices=OMP_POLICIES,
+        type=str.lower,
+        help="OpenMP wait policy of this run (default: PASSIVE unless OMP_WAIT_POLICY is set; 'default' "
+        "unsets it). Applied before torch loads, from the command line",
     )
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
