@@ -59,7 +59,7 @@ def child(steps: int, quick: bool) -> dict[str, float]:
     from _training import BareLoop, cxrnet_loss, training_setup
 
     small = ("data.image_size=64", "data.batch_size=2") if quick else ()
-    tiny_data = ("data.options.n_train=16", "data.options.n_val=2", "data.options.n_test=2")
+    tiny_data = ("data.options.n_train=32", "data.options.n_val=2", "data.options.n_test=2")
     default = resolve_precision("auto", "cpu")
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cxrnet-omp-") as tmp:
