@@ -26,10 +26,10 @@ from cxrnet.data.phantoms import generate_phantoms
 from cxrnet.data.transforms import Preprocessing, letterbox
 from cxrnet.devices import autocast, inference_precision
 from cxrnet.inference import load_model
-from cxrnet.predict import predict
+from cxrnet.predict import forward_threads, predict
 
 from _machine import rss_mb
-from _rounds import Arm, Target, interleave, ratio
+from _rounds import Arm, Target, interleave, ratio, series
 from _sections import FLOAT32, Context
 
 
@@ -135,7 +135,15 @@ class BareForward:
     runs them; left out: reading, letterboxing, the output maps and everything after.
     """
 
-    def __init__(self, checkpoint: Path, files: Sequence[Path], batch_size: int, precision: str) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        files: Sequence[Path],
+        batch_size: int,
+        precision: str,
+        threads: int | None = None,
+    ) -> None:
+        self.threads = threads  # torch threads while measuring (None: as they are)
         predictor = load_model(checkpoint, batch_size=batch_size, precision=precision)
         self.precision = predictor.precision
         self.net = predictor.net
@@ -154,11 +162,17 @@ class BareForward:
 
     @torch.inference_mode()
     def images_per_second(self) -> float:
-        start = time.perf_counter()
-        with autocast(self.precision, "cpu"):
-            for batch in self.batches:
-                self.net(batch)
-        return self.images / (time.perf_counter() - start)
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            start = time.perf_counter()
+            with autocast(self.precision, "cpu"):
+                for batch in self.batches:
+                    self.net(batch)
+            return self.images / (time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(before)
 
 
 def p4_predict(ctx: Context) -> dict[str, Any]:
@@ -183,21 +197,28 @@ def p4_predict(ctx: Context) -> dict[str, Any]:
         for overlays in (True, False)
     }
     predict_precision = chunks[True].precision
+    # The bare forward at torch's threads and at the threads predict runs its network on (num_threads=auto:
+    # one core left for reading, maps and overlays); a ratio divides by the faster of the two in each round.
+    predict_threads = forward_threads(compose_predict([]).num_threads, "cpu")
+    thread_counts = sorted({torch.get_num_threads(), predict_threads or torch.get_num_threads()})
+    precisions = list(dict.fromkeys([*ctx.precisions, predict_precision]))
     forwards = {
-        p: BareForward(checkpoint, files[: sizes.predict_chunk], batch_size, p) for p in ctx.precisions
+        (p, t): BareForward(checkpoint, files[: sizes.predict_chunk], batch_size, p, threads=t)
+        for p in precisions
+        for t in thread_counts
     }
-    if predict_precision not in forwards:
-        forwards[predict_precision] = BareForward(
-            checkpoint, files[: sizes.predict_chunk], batch_size, predict_precision
-        )
     arms = {
         "predict_overlays_on": Arm("images/s", chunks[True].images_per_second, chunks[True].warmup),
         "predict_overlays_off": Arm("images/s", chunks[False].images_per_second, chunks[False].warmup),
-        **{f"bare/{p}": Arm("images/s", f.images_per_second) for p, f in forwards.items()},
+        **{f"bare/{p}/threads={t}": Arm("images/s", f.images_per_second) for (p, t), f in forwards.items()},
     }
     rounds = sizes.predict_files // sizes.predict_chunk
     values = interleave(arms, rounds)
     units = {name: arm.unit for name, arm in arms.items()}
+    for p in precisions:
+        per_thread = [values[f"bare/{p}/threads={t}"] for t in thread_counts]
+        values[f"bare/{p}"] = [max(round_values) for round_values in zip(*per_thread)]
+        units[f"bare/{p}"] = "images/s"
     ratios = {
         f"predict_overlays_{state}_over_bare/{predict_precision}": ratio(
             values,
@@ -205,7 +226,8 @@ def p4_predict(ctx: Context) -> dict[str, Any]:
             f"predict_overlays_{state}",
             f"bare/{predict_precision}",
             Target(">=", 0.8),
-            f"predict images/s (overlays {state}) / bare batched forward images/s, at {predict_precision}",
+            f"predict images/s (overlays {state}) / bare batched forward images/s, at {predict_precision}; "
+            f"the faster bare forward of threads {thread_counts} in each round",
         )
         for state in ("on", "off")
     }
@@ -252,9 +274,16 @@ def p4_predict(ctx: Context) -> dict[str, Any]:
         "batch_size": batch_size,
         "predict_precision": predict_precision,
         "predict_precision_reported": sorted(set().union(*(r.reported_precision for r in chunks.values()))),
+        "predict_threads": predict_threads,
         "bare_forward": {
-            p: {"precision": f.precision, "memory_format": f.memory_format, "images": f.images}
-            for p, f in forwards.items()
+            f"{p}/threads={t}": {
+                "precision": f.precision,
+                "memory_format": f.memory_format,
+                "images": f.images,
+                "threads": t,
+                **series(values[f"bare/{p}/threads={t}"], "images/s"),
+            }
+            for (p, t), f in forwards.items()
         },
         "rate": "predict: files / predict's own loop time (summary seconds), per chunk of files",
         "predict_wall_seconds_per_chunk": {

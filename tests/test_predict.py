@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -287,3 +288,39 @@ def test_a_phantom_only_model_says_so_in_its_outputs(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["caveats"] == [SYNTHETIC_CAVEAT]
     (record,) = read_jsonl(tmp_path / "out" / "predictions.jsonl")
     assert record["caveats"] == [SYNTHETIC_CAVEAT] and "from_maps" in record["severity"]
+
+
+def test_num_threads_auto_leaves_one_core_and_predict_restores_the_callers_setting(
+    tiny_checkpoint: Path, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cxrnet.predict, "usable_cores", lambda: 4)
+    assert cxrnet.predict.forward_threads("auto", "cpu") == 3
+    assert cxrnet.predict.forward_threads("auto", "cuda:1") is None  # the forward runs on the GPU
+    assert cxrnet.predict.forward_threads(None, "cpu") is None
+    assert cxrnet.predict.forward_threads(2, "cpu") == 2
+    with pytest.raises(ValueError, match="num_threads is 0"):
+        cxrnet.predict.forward_threads(0, "cpu")
+    monkeypatch.setattr(cxrnet.predict, "usable_cores", lambda: 1)
+    assert cxrnet.predict.forward_threads("auto", "cpu") == 1  # never zero
+
+    monkeypatch.setattr(cxrnet.predict, "usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    summary = predict(compose_predict(tiny_checkpoint, folder, tmp_path, "overlays=false", "limit=4"))
+    assert summary["num_threads"] == 1  # 2 cores: one for the network, one for the rest
+    assert torch.get_num_threads() == before
+
+
+def test_overlays_drawn_by_several_threads_equal_those_of_one(
+    tiny_checkpoint: Path, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(cxrnet.predict, "overlay_workers", lambda workers=workers: workers)
+        out = tmp_path / f"workers-{workers}"
+        summary = predict(compose_predict(tiny_checkpoint, folder, out))
+        assert summary["overlay_workers"] == workers
+        outputs[workers] = out
+    one, three = (check_outputs(outputs[w]) for w in (1, 3))
+    assert [r["path"] for r in one] == [r["path"] for r in three]  # rows keep the input order
+    for row in (r for r in one if r["status"] == "ok"):
+        assert (outputs[1] / row["overlay"]).read_bytes() == (outputs[3] / row["overlay"]).read_bytes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ _NOTE_PAD = 6
 _CV2_COLORMAPS = {"inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS}
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+# predict draws overlays in several threads, and a FreeType face must not be used by two at once: every
+# use of a font goes through this lock (text is mostly drawn from the caches, so it is rarely contended).
+_FONT_LOCK = threading.RLock()
 
 
 @functools.cache
@@ -64,14 +68,16 @@ def font_of(style: dict[str, Any]) -> Font:
 
 @functools.cache
 def _advance(font: Font) -> float:
-    return font.getlength(" ")
+    with _FONT_LOCK:
+        return font.getlength(" ")
 
 
 def _render_text(text: str, font: Font, anchor: str = "la") -> tuple[np.ndarray, int, int]:
     """``text`` as an alpha mask (uint8 HxW), and the offset of its top-left corner from the anchor point."""
-    x0, y0, x1, y1 = (int(v) for v in font.getbbox(text, anchor=anchor))
-    mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)))
-    ImageDraw.Draw(mask).text((-x0, -y0), text, 255, font, anchor=anchor)
+    with _FONT_LOCK:
+        x0, y0, x1, y1 = (int(v) for v in font.getbbox(text, anchor=anchor))
+        mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)))
+        ImageDraw.Draw(mask).text((-x0, -y0), text, 255, font, anchor=anchor)
     return np.asarray(mask), x0, y0
 
 
@@ -168,7 +174,9 @@ def _wrapped(text: str, font: Font, width: float) -> str:
     lines = [""]
     for word in text.split():
         longer = f"{lines[-1]} {word}".strip()
-        if lines[-1] and font.getlength(longer) > width:
+        with _FONT_LOCK:
+            wide = font.getlength(longer) > width
+        if lines[-1] and wide:
             lines.append(word)
         else:
             lines[-1] = longer
@@ -179,12 +187,13 @@ def _wrapped(text: str, font: Font, width: float) -> str:
 def note_tile(text: str, size: int, fill: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """A note, white on an opaque rounded box of RGB colour ``fill``: BGR and alpha, wrapped to ``size``."""
     font, pad = font_of(NOTE_STYLE), _NOTE_PAD
-    text = _wrapped(text, font, size - 4 * pad)
-    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    x0, y0, x1, y1 = probe.multiline_textbbox((0, 0), text, font=font, anchor="mm", align="center")
-    tile = Image.new("RGBA", (int(x1 - x0) + 2 * pad, int(y1 - y0) + 2 * pad))
-    draw = ImageDraw.Draw(tile)
-    draw.rounded_rectangle((0, 0, tile.width - 1, tile.height - 1), pad, (*fill, 255))
-    draw.multiline_text((pad - x0, pad - y0), text, "white", font, anchor="mm", align="center")
+    with _FONT_LOCK:
+        text = _wrapped(text, font, size - 4 * pad)
+        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+        x0, y0, x1, y1 = probe.multiline_textbbox((0, 0), text, font=font, anchor="mm", align="center")
+        tile = Image.new("RGBA", (int(x1 - x0) + 2 * pad, int(y1 - y0) + 2 * pad))
+        draw = ImageDraw.Draw(tile)
+        draw.rounded_rectangle((0, 0, tile.width - 1, tile.height - 1), pad, (*fill, 255))
+        draw.multiline_text((pad - x0, pad - y0), text, "white", font, anchor="mm", align="center")
     rgba = np.asarray(tile)
     return np.ascontiguousarray(rgba[..., 2::-1]), rgba[..., 3]
