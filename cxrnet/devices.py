@@ -81,7 +81,8 @@ def resolve_precision(
       depthwise convolutions (:func:`has_depthwise_convolutions`, when ``net`` is given): ``32-true``.
       oneDNN's bfloat16 depthwise kernels are slower than its float32 ones on such CPUs: measured on an
       AVX-512 BF16 CPU (no AMX), the quickstart's MobileNetV3 trained at 0.83x the float32 speed in
-      bf16-mixed, while resnet18 + U-Net at 256 px trained 2.2x faster (``benchmarks/run.py``). Inference
+      bf16-mixed, while resnet18 + U-Net at 256 px trained 2.2x faster (``benchmarks/run.py``); on an
+      Intel Xeon with AMX, 0.87x and 2.3-2.6x (3.2x with channels-last against float32 contiguous). Inference
       has no backward pass and is faster in bf16 for both (1.18x for the quickstart): see
       :func:`inference_precision`;
     * anything else (older CPUs, MPS): ``32-true``.
