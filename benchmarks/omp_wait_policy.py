@@ -56,7 +56,7 @@ def child(steps: int, quick: bool) -> dict[str, float]:
 
     from cxrnet.devices import resolve_precision
 
-    from _training import BareLoop, cxrnet_loss, training_setup
+    from _training import BareLoop, autocast, cxrnet_loss, training_setup
 
     small = ("data.image_size=64", "data.batch_size=2") if quick else ()
     tiny_data = ("data.options.n_train=32", "data.options.n_val=2", "data.options.n_test=2")
@@ -72,10 +72,7 @@ def child(steps: int, quick: bool) -> dict[str, float]:
         net = copy.deepcopy(quickstart.net).eval().to(memory_format=torch.channels_last)
         batch = torch.rand(2 if quick else 8, 1, *quickstart.batches[0]["image"].shape[-2:])
         batch = batch.contiguous(memory_format=torch.channels_last)
-        with (
-            torch.inference_mode(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=default != "32-true"),
-        ):
+        with torch.inference_mode(), autocast(default):
             net(batch)
             start = time.perf_counter()
             for _ in range(4 * steps):

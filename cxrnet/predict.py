@@ -111,7 +111,8 @@ def forward_threads(value: Any, device: str) -> int | None:
     builds the full-size maps and draws the overlays, which run in their own threads beside the network. On
     2 cores the quickstart network's bf16 forward even runs faster on one thread than on two (7-8 ms
     against 11-15 ms per image with ``OMP_WAIT_POLICY=PASSIVE``, 8 against 9-10 ms without), and predict
-    over a folder ran 1.2-1.4x faster (``benchmarks/run.py``, P4). On a GPU ``auto`` leaves torch's
+    over a folder of phantoms, with overlays drawn by :func:`overlay_workers`, ran 1.6x faster with overlays
+    and 1.05-2.0x faster without (``benchmarks/run.py``, P4). On a GPU ``auto`` leaves torch's
     default. ``null`` leaves torch's default; a number sets it.
     """
     if value is None:
@@ -187,6 +188,7 @@ def _predict_files(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     )
 
     overlay_dir = out_dir / OVERLAY_DIR
+    workers = overlay_workers() if cfg.overlays else 0
     counts = {"ok": 0, "error": 0}
     csv_path = out_dir / CSV_NAME
     new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
@@ -217,7 +219,7 @@ def _predict_files(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         results = model.predict_files(todo, preview_size=cfg.get("overlay_size", 512))
         if cfg.overlays:
             _write_with_overlays(
-                results, write, out_dir, names, max_pending=2 * int(cfg.batch_size), workers=overlay_workers()
+                results, write, out_dir, names, max_pending=2 * int(cfg.batch_size), workers=workers
             )
         else:
             for result in results:
@@ -236,7 +238,7 @@ def _predict_files(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "overlays": bool(cfg.overlays) and overlay_dir.exists(),
         "precision": model.precision,
         "num_threads": torch.get_num_threads(),
-        "overlay_workers": overlay_workers() if cfg.overlays else 0,
+        "overlay_workers": workers,
         "untrained": sorted(model.untrained),
         "caveats": list(model.caveats),
     }

@@ -40,7 +40,7 @@ _CV2_COLORMAPS = {"inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRID
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 # predict draws overlays in several threads, and a FreeType face must not be used by two at once: every
 # use of a font goes through this lock (text is mostly drawn from the caches, so it is rarely contended).
-_FONT_LOCK = threading.RLock()
+_FONT_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -171,12 +171,11 @@ def bar_tile(cmap: str, size: int) -> np.ndarray:
 
 
 def _wrapped(text: str, font: Font, width: float) -> str:
+    """``text`` wrapped to ``width`` pixels in ``font``; the caller holds :data:`_FONT_LOCK`."""
     lines = [""]
     for word in text.split():
         longer = f"{lines[-1]} {word}".strip()
-        with _FONT_LOCK:
-            wide = font.getlength(longer) > width
-        if lines[-1] and wide:
+        if lines[-1] and font.getlength(longer) > width:
             lines.append(word)
         else:
             lines[-1] = longer
