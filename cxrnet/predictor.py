@@ -16,7 +16,8 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -265,17 +266,18 @@ class Predictor:
     ) -> Iterator[FileResult]:
         """Stream over many files: a file that cannot be read gives an error result, not an exception.
 
-        Files are read in batches of ``batch_size``; with ``read_ahead`` the next batch is read and
-        letterboxed in a background thread while the network runs on the current one (decoders and the
-        network release the GIL), so reading is off the critical path. Memory stays flat: two batches of
-        letterboxed inputs and previews, and one full-size prediction at a time (the caller should not keep
-        them all).
+        Files are read in batches of ``batch_size``. With ``read_ahead`` the work runs as a three-stage
+        pipeline: while the network runs on batch *k* (in the caller's thread), one background thread reads
+        and letterboxes batch *k+1* and another turns batch *k-1*'s outputs into full-size maps and severity
+        (decoders, the network and most of numpy release the GIL), so neither reading nor the maps sit on
+        the critical path. Memory stays flat: two batches of letterboxed inputs and previews, and at most
+        one batch of full-size predictions (the caller should not keep them all).
 
         Args:
             paths: image files, read lazily.
             batch_size: images per forward pass; defaults to the predictor's.
             preview_size: longer side of :attr:`FileResult.preview` in pixels; ``None`` keeps full size.
-            read_ahead: read the next batch while the current one is predicted.
+            read_ahead: read the next batch and finish the previous one in background threads.
 
         Yields:
             One :class:`FileResult` per path, in order.
@@ -283,21 +285,40 @@ class Predictor:
         chunks = _chunks(paths, batch_size or self.batch_size)
         if not read_ahead:
             for chunk in chunks:
-                yield from self._predict_chunk(self._read_chunk(chunk, preview_size))
+                slots = self._read_chunk(chunk, preview_size)
+                out = self._forward_slots(slots)
+                yield from (self._finish_slot(slot, out, row) for slot, row in zip(slots, _output_rows(slots)))
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrnet-read") as pool:
-            pending = None
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrnet-read") as reader,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrnet-finish") as finisher,
+        ):
+            reading: Future[list[_Slot]] | None = None
+            finishing: list[Future[FileResult]] = []  # the previous batch, finished while this one runs
             try:
-                for chunk in chunks:
-                    ahead = pool.submit(self._read_chunk, chunk, preview_size)
-                    if pending is not None:
-                        yield from self._predict_chunk(pending.result())
-                    pending = ahead
-                if pending is not None:
-                    yield from self._predict_chunk(pending.result())
+                for chunk in chain(chunks, [None]):  # None: nothing left to read, the last batch to run
+                    current = reading
+                    reading = None if chunk is None else reader.submit(self._read_chunk, chunk, preview_size)
+                    if current is None:
+                        continue
+                    slots = current.result()
+                    out = self._forward_slots(slots)
+                    # The previous batch goes out before this one is queued: at most one batch of
+                    # full-size predictions exists at a time.
+                    for done in finishing:
+                        yield done.result()
+                    finishing = [
+                        finisher.submit(self._finish_slot, slot, out, row)
+                        for slot, row in zip(slots, _output_rows(slots))
+                    ]
+                    del slots, out
+                for done in finishing:
+                    yield done.result()
+                finishing = []
             finally:
-                if pending is not None:
-                    pending.cancel()
+                for pending in (reading, *finishing):  # an interrupted run: drop what is not yielded yet
+                    if pending is not None:
+                        pending.cancel()
 
     def _read_chunk(self, chunk: list[Any], preview_size: int | None) -> list[_Slot]:
         """Read and letterbox the files of one batch; a file that fails becomes a slot with its error."""
@@ -319,24 +340,24 @@ class Predictor:
             del image
         return slots
 
-    def _predict_chunk(self, slots: list[_Slot]) -> Iterator[FileResult]:
-        items = [slot.item for slot in slots if slot.item is not None]
-        if items:
-            self.warn_if_synthetic_only()  # in the caller's thread, so that warnings filters apply
-        out = self._forward([item.square for item in items]) if items else {}
-        index = 0
-        for slot in slots:
-            if slot.item is None:
-                yield FileResult(slot.path, None, slot.error, None)
-                continue
-            index += 1
-            try:
-                prediction = self._finish(out, index - 1, slot.item)
-            except Exception as err:  # e.g. an image too odd in shape for the maps: one error row
-                log.warning("unexpected error predicting %s", slot.path, exc_info=True)
-                yield FileResult(slot.path, None, f"{type(err).__name__}: {err}", None)
-                continue
-            yield FileResult(slot.path, prediction, None, slot.preview)
+    def _forward_slots(self, slots: list[_Slot]) -> dict[str, np.ndarray]:
+        """The network on the readable files of one batch (``{}`` when none is)."""
+        squares = [slot.item.square for slot in slots if slot.item is not None]
+        if not squares:
+            return {}
+        self.warn_if_synthetic_only()  # in the caller's thread, so that warnings filters apply
+        return self._forward(squares)
+
+    def _finish_slot(self, slot: _Slot, out: dict[str, np.ndarray], row: int) -> FileResult:
+        """The :class:`FileResult` of one file; ``row`` is its row in ``out`` (which holds readable files only)."""
+        if slot.item is None:
+            return FileResult(slot.path, None, slot.error, None)
+        try:
+            prediction = self._finish(out, row, slot.item)
+        except Exception as err:  # e.g. an image too odd in shape for the maps: one error row
+            log.warning("unexpected error predicting %s", slot.path, exc_info=True)
+            return FileResult(slot.path, None, f"{type(err).__name__}: {err}", None)
+        return FileResult(slot.path, prediction, None, slot.preview)
 
     # ----------------------------------------------------------------------------------- internals
 
@@ -453,6 +474,12 @@ class Predictor:
         for key in ("area_right", "area_left"):
             result[key] = round(result[key] * scale)
         return result
+
+
+def _output_rows(slots: list[_Slot]) -> list[int]:
+    """Each slot's row in the batch's network outputs, which skip the files that could not be read."""
+    rows = np.cumsum([slot.item is not None for slot in slots]) - 1
+    return [int(row) for row in rows]
 
 
 def _chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:

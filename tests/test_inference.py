@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -227,6 +229,58 @@ def test_predict_files_turns_unreadable_files_into_error_results(model: Predicto
         else:
             assert r.prediction is None and r.preview is None and r.error
     assert "empty" in results[4].error and "truncated or corrupt" in results[1].error
+
+
+class _RecordsFinishing(Predictor):
+    """Notes, per full-size prediction built, the thread that built it and how many results were out."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.finished: list[str] = []
+        self.yielded = 0
+        self.most_waiting = 0
+
+    def _finish(self, out: dict[str, np.ndarray], i: int, item: object) -> Prediction:
+        self.finished.append(threading.current_thread().name)
+        self.most_waiting = max(self.most_waiting, len(self.finished) - self.yielded)
+        return super()._finish(out, i, item)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_predict_files_builds_maps_off_the_callers_thread_one_batch_at_a_time(
+    model: Predictor, tmp_path: Path, read_ahead: bool
+) -> None:
+    files = [write_png(tmp_path / f"cxr{i}.png", radiograph(40, 50 + i, seed=i)) for i in range(7)]
+    broken = write_corrupt_files(tmp_path / "bad")["truncated"]
+    order = [*files[:3], broken, *files[3:]]
+    recorder = _RecordsFinishing(model.net, model.preprocessing)
+    results = []
+    for result in recorder.predict_files(order, batch_size=3, read_ahead=read_ahead):
+        results.append(result)
+        recorder.yielded = sum(r.prediction is not None for r in results)
+        time.sleep(0.02)  # a slow consumer (writing rows, drawing): the maps must not run ahead of it
+    assert [r.path for r in results] == order and results[3].error and results[3].prediction is None
+    for result in results[:3] + results[4:]:  # each file's own maps, whichever row it had in its batch
+        assert_same(result.prediction, model.predict(result.path))
+    assert len(recorder.finished) == 7
+    threads = set(recorder.finished)
+    if read_ahead:
+        assert all(name.startswith("cxrnet-finish") for name in threads), threads
+    else:
+        assert threads == {threading.current_thread().name}
+    # Full-size predictions built but not yet handed out never exceed one batch, however fast the maps.
+    assert recorder.most_waiting <= 3
+
+
+def test_stopping_predict_files_early_stops_its_threads(model: Predictor, tmp_path: Path) -> None:
+    files = [write_png(tmp_path / f"cxr{i}.png", radiograph(40, 50, seed=i)) for i in range(12)]
+    recorder = _RecordsFinishing(model.net, model.preprocessing)
+    results = recorder.predict_files(files, batch_size=2)
+    first = next(results)
+    results.close()
+    assert first.path == files[0] and first.prediction is not None
+    assert len(recorder.finished) <= 4  # the batch handed out and at most the one after it
+    assert not [t for t in threading.enumerate() if t.name.startswith(("cxrnet-read", "cxrnet-finish"))]
 
 
 def test_to_dict_is_json_ready(model: Predictor) -> None:
