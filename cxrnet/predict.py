@@ -112,8 +112,9 @@ def forward_threads(value: Any, device: str) -> int | None:
     2 cores the quickstart network's bf16 forward even runs faster on one thread than on two (7-8 ms
     against 11-15 ms per image with ``OMP_WAIT_POLICY=PASSIVE``, 8 against 9-10 ms without), and predict
     over a folder of phantoms, with overlays drawn by :func:`overlay_workers`, ran 1.6x faster with overlays
-    and 1.05-2.0x faster without (``benchmarks/run.py``, P4). On a GPU ``auto`` leaves torch's
-    default. ``null`` leaves torch's default; a number sets it.
+    and 1.05-2.0x faster without (``benchmarks/run.py``, P4). With maps built in a thread of their own
+    (:meth:`cxrnet.Predictor.predict_files`), predict without overlays reaches about 0.8 of the bare forward.
+    On a GPU ``auto`` leaves torch's default. ``null`` leaves torch's default; a number sets it.
     """
     if value is None:
         return None
