@@ -39,8 +39,11 @@ def _assert_run_files(out: Path) -> dict[str, float]:
     return metrics
 
 
-# Big enough for every head to learn on a 2-core CPU in about a minute and a half: 96 px phantoms at low
-# difficulty, 384 training items, 8 epochs of the tiny two-encoder network.
+# Big enough for every head to learn on a 2-core CPU: 96 px phantoms at low difficulty, 8 epochs of the tiny
+# two-encoder network. With full labels 256 training items suffice (75 s on an AMD EPYC; there it reached lung
+# Dice 0.97, infection Dice 0.76, macro-F1 0.85, AUROC 0.98, Brixia MAE 1.40). With partial labels, 384 items,
+# so that 256 of them carry masks: with 256 items (about 170 with masks) the infection head had not started
+# learning after 8 epochs (Dice 0.04).
 LEARNING_RUN = [
     "data.image_size=96",
     "data.options.n_val=32",
@@ -52,7 +55,7 @@ LEARNING_RUN = [
 
 @pytest.mark.slow
 def test_every_head_learns_far_beyond_chance(tiny_train_cfg: Callable[..., DictConfig]) -> None:
-    cfg = tiny_train_cfg(*LEARNING_RUN, n_train=384, epochs=8)
+    cfg = tiny_train_cfg(*LEARNING_RUN, n_train=256, epochs=8)
     metrics = train(cfg)
     out = Path(cfg.output_dir)
     assert metrics == json.loads((out / "metrics.json").read_text())
