@@ -268,9 +268,9 @@ class Predictor:
 
         Files are read in batches of ``batch_size``. With ``read_ahead`` the work runs as a three-stage
         pipeline: while the network runs on batch *k* (in the caller's thread), one background thread reads
-        and letterboxes batch *k+1* and another turns batch *k-1*'s outputs into full-size maps and severity
-        (decoders, the network and most of numpy release the GIL), so neither reading nor the maps sit on
-        the critical path. Memory stays flat: two batches of letterboxed inputs and previews, and at most
+        and letterboxes batch *k+1* and another turns batch *k-1*'s outputs into full-size maps and severity,
+        so neither reading nor the maps sit on the critical path (decoders and the network release the GIL
+        for most of their work; small numpy steps do not, which is what still slows the network a little). Memory stays flat: two batches of letterboxed inputs and previews, and at most
         one batch of full-size predictions (the caller should not keep them all).
 
         Args:
@@ -311,10 +311,8 @@ class Predictor:
                         finisher.submit(self._finish_slot, slot, out, row)
                         for slot, row in zip(slots, _output_rows(slots))
                     ]
-                    del slots, out
                 for done in finishing:
                     yield done.result()
-                finishing = []
             finally:
                 for pending in (reading, *finishing):  # an interrupted run: drop what is not yielded yet
                     if pending is not None:
